@@ -1,0 +1,42 @@
+# Two commands from a fresh clone: `make tune` (the study) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: install tune train analyse test test-slow format bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,postgres]'
+	touch $@
+
+tune: install  ## the main job: mlflow run . -e tune
+	mlflow run . -e tune --env-manager local $(ARGS)
+
+train: install
+	mlflow run . -e train --env-manager local $(ARGS)
+
+analyse: install
+	mlflow run . -e analyse --env-manager local $(ARGS)
+
+test: install  ## fast tests and lint
+	$(BIN)/ruff check moonvae tests bench
+	$(BIN)/ruff format --check moonvae tests bench
+	$(BIN)/pytest
+
+test-slow: install  ## the slow end-to-end tests only (exit 5, none selected, is not a failure)
+	$(BIN)/pytest -m slow || [ $$? -eq 5 ]
+
+format: install
+	$(BIN)/ruff format moonvae tests bench
+	$(BIN)/ruff check --fix moonvae tests bench
+
+bench: install
+	$(BIN)/python bench/train_speed.py
+
+clean:
+	rm -rf $(VENV) mlflow.db mlruns data optuna.db
