@@ -1,0 +1,121 @@
+"""The training loop: tensors in, best weights and a history out.
+
+Knows nothing of MLflow or Optuna: each finished epoch goes to an optional
+callback (which may raise to stop the run, as a pruner does), and the whole
+history comes back in the result.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from moonvae.config import TrainConfig
+from moonvae.data import Split
+from moonvae.models import VAE, LossTerms
+
+
+@dataclass(frozen=True)
+class EpochMetrics:
+    epoch: int  # 0-based; also the MLflow step
+    train_loss: float
+    val_loss: float
+    val_mse: float
+    val_kl: float
+    lr: float  # the learning rate this epoch ran with
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "train_loss": self.train_loss,
+            "val_loss": self.val_loss,
+            "val_mse": self.val_mse,
+            "val_kl": self.val_kl,
+            "lr": self.lr,
+        }
+
+
+EpochCallback = Callable[[EpochMetrics], None]
+
+
+@dataclass
+class TrainResult:
+    best_epoch: int
+    best_val_mse: float
+    stopped_early: bool  # patience ran out before max_epochs
+    history: list[EpochMetrics] = field(default_factory=list)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the message says at which epoch."""
+
+
+@torch.inference_mode()
+def evaluate(model: VAE, split: Split) -> LossTerms:
+    """Loss terms on a whole split, with z at the posterior mean (eval mode)."""
+    was_training = model.training
+    model.eval()
+    try:
+        x_hat, latents = model(split.x, split.y)
+        return model.loss(split.x, x_hat, latents)
+    finally:
+        model.train(was_training)
+
+
+def fit(
+    model: VAE,
+    train: Split,
+    val: Split,
+    config: TrainConfig,
+    on_epoch: EpochCallback | None = None,
+) -> TrainResult:
+    """Adam + gradient clipping + ReduceLROnPlateau, early stopping on val MSE.
+
+    Batches are slices of one seeded permutation of the preloaded tensors per
+    epoch (no DataLoader). The weights with the best val MSE are restored
+    before returning.
+    """
+    generator = torch.Generator().manual_seed(config.seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=config.lr_factor, patience=config.lr_patience
+    )
+    best_state = copy.deepcopy(model.state_dict())
+    result = TrainResult(best_epoch=0, best_val_mse=math.inf, stopped_early=False)
+    n = len(train)
+    for epoch in range(config.max_epochs):
+        model.train()
+        lr = optimizer.param_groups[0]["lr"]
+        total = 0.0
+        for batch in torch.randperm(n, generator=generator).split(config.batch_size):
+            x, y = train.x[batch], train.y[batch]
+            x_hat, latents = model(x, y, generator)
+            loss = model.loss(x, x_hat, latents).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            total += loss.item() * len(batch)
+        val_terms = evaluate(model, val)
+        metrics = EpochMetrics(epoch, total / n, val_terms.loss.item(), val_terms.mse.item(), val_terms.kl.item(), lr)
+        if not all(math.isfinite(value) for value in metrics.as_dict().values()):
+            raise TrainingDiverged(
+                f"loss is not finite at epoch {epoch} (train_loss={metrics.train_loss}, "
+                f"val_loss={metrics.val_loss}); try a lower lr"
+            )
+        result.history.append(metrics)
+        scheduler.step(metrics.val_loss)
+        if metrics.val_mse < result.best_val_mse:
+            result.best_val_mse, result.best_epoch = metrics.val_mse, epoch
+            best_state = copy.deepcopy(model.state_dict())
+        if on_epoch is not None:
+            on_epoch(metrics)
+        if epoch + 1 >= config.min_epochs and epoch - result.best_epoch >= config.patience:
+            result.stopped_early = True
+            break
+    model.load_state_dict(best_state)
+    model.eval()
+    return result
