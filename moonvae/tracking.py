@@ -1,0 +1,164 @@
+"""The one module that speaks MLflow: where runs go, and how they are logged cheaply.
+
+Everything here takes an explicit `MlflowClient` and run id rather than the
+fluent API's per-thread active run, so trials in worker threads log to the
+right run. Metrics are buffered and sent with `log_batch`: one call per point
+costs more than training these models.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+MAX_BATCH = 1000  # log_batch accepts at most 1000 metrics per call
+STATUS_REASON_TAG = "moonvae.status_reason"
+
+
+def tracking_uri() -> str:
+    """`MLFLOW_TRACKING_URI` when set, otherwise an sqlite store in the working directory.
+
+    Set explicitly because an old ./mlruns folder would otherwise flip MLflow
+    back to the deprecated file store.
+    """
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def client() -> MlflowClient:
+    """A client on the project's tracking store (also made the fluent API's store)."""
+    uri = tracking_uri()
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep the console readable
+    mlflow.set_tracking_uri(uri)
+    return MlflowClient(uri)
+
+
+def experiment_id(mlflow_client: MlflowClient) -> str:
+    """The experiment `mlflow run` chose, or MLFLOW_EXPERIMENT_NAME, or Default."""
+    if os.environ.get("MLFLOW_EXPERIMENT_ID"):
+        return os.environ["MLFLOW_EXPERIMENT_ID"]
+    name = os.environ.get("MLFLOW_EXPERIMENT_NAME")
+    if not name:
+        return "0"
+    found = mlflow_client.get_experiment_by_name(name)
+    return found.experiment_id if found else mlflow_client.create_experiment(name)
+
+
+@contextmanager
+def run(
+    mlflow_client: MlflowClient,
+    run_name: str,
+    *,
+    parent_run_id: str | None = None,
+    resume_run_id: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> Iterator[str]:
+    """Create (or resume) a run and always end it: FINISHED, FAILED, or KILLED on Ctrl-C.
+
+    A failure's reason is kept as a tag so the UI shows why a run did not finish.
+    """
+    all_tags = dict(tags or {})
+    if parent_run_id:
+        all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+    if resume_run_id:
+        run_id = resume_run_id
+        set_tags(mlflow_client, run_id, all_tags)
+    else:
+        run_id = mlflow_client.create_run(experiment_id(mlflow_client), run_name=run_name, tags=all_tags).info.run_id
+    try:
+        yield run_id
+    except KeyboardInterrupt:
+        end_run(mlflow_client, run_id, RunStatus.KILLED, "interrupted")
+        raise
+    except BaseException as error:
+        end_run(mlflow_client, run_id, RunStatus.FAILED, f"{type(error).__name__}: {error}")
+        raise
+    else:
+        end_run(mlflow_client, run_id, RunStatus.FINISHED)
+
+
+def end_run(mlflow_client: MlflowClient, run_id: str, status: int, reason: str | None = None) -> None:
+    if reason:
+        mlflow_client.set_tag(run_id, STATUS_REASON_TAG, reason[:5000])
+    mlflow_client.set_terminated(run_id, RunStatus.to_string(status))
+
+
+def set_tags(mlflow_client: MlflowClient, run_id: str, tags: dict[str, Any]) -> None:
+    if tags:
+        mlflow_client.log_batch(run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
+
+
+def log_params(mlflow_client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
+    """Log the params the run does not have yet.
+
+    `mlflow run` has already logged every `-P` value in the user's spelling;
+    logging `0.001` over `1e-3` would raise, so existing keys are left alone.
+    """
+    existing = mlflow_client.get_run(run_id).data.params
+    missing = [Param(key, str(value)) for key, value in params.items() if key not in existing]
+    for start in range(0, len(missing), 100):  # log_batch takes at most 100 params per call
+        mlflow_client.log_batch(run_id, params=missing[start : start + 100])
+
+
+class MetricBuffer:
+    """Collects metric points for one run and sends them in batches.
+
+    Flushes when `flush_seconds` have passed since the last flush (so the UI
+    follows a long run), when a batch is full, and on `close()`.
+    """
+
+    def __init__(self, mlflow_client: MlflowClient, run_id: str, flush_seconds: float = 10.0) -> None:
+        self._client = mlflow_client
+        self._run_id = run_id
+        self._flush_seconds = flush_seconds
+        self._pending: list[Metric] = []
+        self._last_flush = time.monotonic()
+        self._lock = threading.Lock()
+
+    def add(self, metrics: dict[str, float], step: int = 0) -> None:
+        timestamp = int(time.time() * 1000)
+        with self._lock:
+            self._pending += [Metric(key, float(value), timestamp, step) for key, value in metrics.items()]
+            due = len(self._pending) >= MAX_BATCH or time.monotonic() - self._last_flush >= self._flush_seconds
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+            self._last_flush = time.monotonic()
+        for start in range(0, len(pending), MAX_BATCH):
+            self._client.log_batch(self._run_id, metrics=pending[start : start + MAX_BATCH])
+
+    def close(self) -> None:
+        self.flush()
+
+    def __enter__(self) -> MetricBuffer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def log_dataset(
+    mlflow_client: MlflowClient, run_id: str, x: np.ndarray, y: np.ndarray, source: Path, context: str = "training"
+) -> None:
+    """Record the data set as a run input, so the UI shows which data each run used."""
+    dataset = mlflow.data.from_numpy(x, targets=y, source=str(Path(source).resolve()), name=Path(source).stem)
+    tags = [InputTag(key="mlflow.data.context", value=context)]
+    mlflow_client.log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=tags)])
+
+
+def log_figure(mlflow_client: MlflowClient, run_id: str, figure: Any, artifact_file: str) -> None:
+    """A plotly figure as an HTML artifact (plotly.js from its CDN, ~8 KB a file)."""
+    mlflow_client.log_figure(run_id, figure, artifact_file)
