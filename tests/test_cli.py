@@ -1,0 +1,96 @@
+"""The `moonvae train` command and the `mlflow run . -e train` entry point, on a temporary sqlite store."""
+
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT, subprocess_env
+from mlflow.tracking import MlflowClient
+
+
+def runs(workdir):
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return client, client.search_runs(experiments) if experiments else []
+
+
+def moonvae(workdir, *args):
+    return subprocess.run(
+        [sys.executable, "-m", "moonvae", *args],
+        cwd=workdir,
+        env=subprocess_env(workdir),
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_train_logs_a_complete_run(workdir):
+    done = moonvae(workdir, "train", "--model", "cvae", "--max-epochs", "12", "--n-samples", "400", "--latent-dim", "8")
+    assert done.returncode == 0, done.stderr
+    assert "best val_mse" in done.stdout
+    client, found = runs(workdir)
+    (run,) = found
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model"] == "cvae" and run.data.params["latent_dim"] == "8"
+    for key in ("train_loss", "val_loss", "val_mse", "val_kl", "lr"):
+        history = client.get_metric_history(run.info.run_id, key)
+        assert sorted(point.step for point in history) == list(range(12))
+    for key in ("best_val_mse", "test_mse", "test_kl"):
+        assert run.data.metrics[key] > 0
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "plots")} >= {
+        "plots/data.html",
+        "plots/reconstruction.html",
+    }
+    assert run.inputs.dataset_inputs[0].dataset.name == "moons_400_0.15_42"
+    assert len(run.outputs.model_outputs) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--latent-dim", "-3"], "latent_dim"),
+        (["--noise", "-1"], "noise"),
+        (["--model", "gan"], "model"),
+        (["--eps-w", "0"], "eps_w"),
+        (["--lr", "abc"], "--lr"),
+        (["--n-sample", "5"], "--n-sample"),
+    ],
+)
+def test_bad_input_is_one_line_and_leaves_no_run(workdir, args, named):
+    done = moonvae(workdir, "train", *args)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("moonvae: error:") and named in lines[0]
+    assert runs(workdir)[1] == []
+
+
+def mlflow_run(workdir, *params):
+    args = [arg for param in params for arg in ("-P", param)]
+    return subprocess.run(
+        [sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", "train", "--env-manager", "local", *args],
+        cwd=workdir,
+        env=subprocess_env(workdir),
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_mlflow_run_train_entry_point(workdir):
+    done = mlflow_run(workdir, "model=cvae", "max_epochs=40", "lr=1e-3")
+    assert done.returncode == 0, done.stderr[-3000:]
+    client, (run,) = runs(workdir)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["max_epochs"] == "40" and run.data.params["lr"] == "1e-3"  # the user's spelling kept
+    assert run.data.params["eps_w"] == "0.1" and run.data.params["grad_clip"] == "0.5"
+    assert len(client.get_metric_history(run.info.run_id, "val_mse")) == 40
+    assert run.data.metrics["test_mse"] < 0.05
+    assert len(client.list_artifacts(run.info.run_id, "plots")) >= 2
+    assert len(run.outputs.model_outputs) == 1
+
+
+def test_mlflow_run_bad_parameter_fails_cleanly(workdir):
+    done = mlflow_run(workdir, "latent_dim=-3")
+    assert done.returncode != 0
+    assert "moonvae: error: latent_dim must be an integer >= 1, got -3" in done.stderr
+    _, (run,) = runs(workdir)
+    assert run.info.status == "FAILED"

@@ -1,0 +1,49 @@
+import pytest
+
+from moonvae.config import ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig, parse_widths
+
+
+@pytest.mark.parametrize(
+    ("values", "named"),
+    [
+        ({"latent_dim": -3}, "latent_dim"),
+        ({"latent_dim": 0}, "latent_dim"),
+        ({"n_samples": -5}, "n_samples"),
+        ({"noise": -0.1}, "noise"),
+        ({"noise": float("nan")}, "noise"),
+        ({"model": "gan"}, "model"),
+        ({"eps_w": 0.0}, "eps_w"),
+        ({"beta": -1.0}, "beta"),
+        ({"lr": 0.0}, "lr"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"max_epochs": 0}, "max_epochs"),
+        ({"encoder_hidden": "8,-1"}, "encoder_hidden"),
+        ({"decoder_hidden": "wide"}, "decoder_hidden"),
+        ({"latent_dimension": 3}, "latent_dimension"),
+    ],
+)
+def test_bad_values_name_the_parameter(values, named):
+    with pytest.raises(ConfigError, match=named):
+        RunConfig.from_flat(values).validate()
+
+
+def test_defaults_are_the_studys():
+    config = RunConfig().validate()
+    assert config.data == DataConfig(2000, 0.15, 42)
+    assert (config.model.encoder_hidden, config.model.latent_dim, config.model.decoder_hidden) == ((8,), 128, (128,))
+    assert (config.model.beta, config.model.eps_w) == (1.0, 0.1)
+    assert (config.train.batch_size, config.train.lr, config.train.patience, config.train.seed) == (256, 1e-3, 100, 42)
+    assert config.train == TrainConfig()
+
+
+def test_widths_parse_from_strings_and_lists():
+    assert parse_widths("16, 8", "w") == (16, 8)
+    assert parse_widths(32, "w") == (32,)
+    assert ModelConfig(encoder_hidden=[4, 2]).encoder_hidden == (4, 2)
+
+
+def test_round_trips_through_flat_params_and_dict():
+    config = RunConfig.from_flat({"model": "cvae", "encoder_hidden": "16,8", "lr": 0.01, "n_samples": 300})
+    assert config.params()["encoder_hidden"] == "16,8"
+    assert RunConfig.from_dict(config.to_dict()) == config
+    assert set(config.params()) >= {"model", "n_samples", "noise", "data_seed", "batch_size", "lr", "latent_dim"}

@@ -1,0 +1,92 @@
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+from moonvae import data
+from moonvae.config import TrainConfig
+from moonvae.models import build_model
+from moonvae.train import TrainingDiverged, evaluate, fit
+
+
+@pytest.fixture
+def moons(tmp_path, small_config):
+    return data.load(small_config.data, tmp_path)
+
+
+def train(small_config, moons, **overrides):
+    network = build_model(small_config.model, small_config.train.seed)
+    result = fit(network, moons.train, moons.val, replace(small_config.train, **overrides))
+    return network, result
+
+
+def test_loss_falls(small_config, moons):
+    _, result = train(small_config, moons, max_epochs=30, batch_size=32)
+    losses = [epoch.train_loss for epoch in result.history]
+    assert len(losses) == 30
+    assert losses[-1] < 0.5 * losses[0]
+    assert result.history[-1].val_mse < result.history[0].val_mse
+
+
+def test_best_weights_are_restored(small_config, moons):
+    network, result = train(small_config, moons, max_epochs=30)
+    best = min(result.history, key=lambda epoch: epoch.val_mse)
+    assert (result.best_epoch, result.best_val_mse) == (best.epoch, best.val_mse)
+    assert evaluate(network, moons.val).mse.item() == pytest.approx(result.best_val_mse, rel=1e-6)
+    assert not network.training
+
+
+def test_early_stopping_after_patience(small_config, moons):
+    # lr 1e-2: val MSE plateaus within a few dozen epochs, then patience runs out
+    _, result = train(small_config, moons, lr=1e-2, batch_size=32, max_epochs=500, patience=5)
+    assert result.stopped_early
+    assert len(result.history) < 500
+    last = result.history[-1].epoch
+    assert last - result.best_epoch == 5
+    assert all(epoch.val_mse >= result.best_val_mse for epoch in result.history[result.best_epoch + 1 :])
+
+
+def test_no_early_stop_before_min_epochs(small_config, moons):
+    _, result = train(small_config, moons, lr=1e-9, max_epochs=50, patience=1, min_epochs=20)
+    assert len(result.history) >= 20
+
+
+def test_same_seed_same_numbers(small_config, moons):
+    first = train(small_config, moons, max_epochs=8)[1].history
+    second = train(small_config, moons, max_epochs=8)[1].history
+    other = train(small_config, moons, max_epochs=8, seed=1)[1].history
+    assert first == second
+    assert first != other
+
+
+def test_reduce_lr_on_plateau(small_config, moons):
+    _, result = train(small_config, moons, lr=1e-6, max_epochs=12, lr_patience=2, patience=100)
+    lrs = [epoch.lr for epoch in result.history]
+    assert lrs[0] == 1e-6 and min(lrs) <= 1e-7
+
+
+def test_callback_sees_every_epoch_and_can_stop_training(small_config, moons):
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def on_epoch(metrics):
+        seen.append(metrics.epoch)
+        if metrics.epoch == 4:
+            raise Stop
+
+    network = build_model(small_config.model, 0)
+    with pytest.raises(Stop):
+        fit(network, moons.train, moons.val, small_config.train, on_epoch=on_epoch)
+    assert seen == [0, 1, 2, 3, 4]
+
+
+def test_nan_loss_stops_with_a_clear_message(small_config, moons):
+    poisoned = data.Split(moons.train.x.clone(), moons.train.y)
+    poisoned.x[0, 0] = math.nan
+    network = build_model(small_config.model, 0)
+    with pytest.raises(TrainingDiverged, match="not finite at epoch 0"):
+        fit(network, poisoned, moons.val, TrainConfig(max_epochs=5))
+    assert torch.isfinite(moons.train.x).all()
