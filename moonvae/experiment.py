@@ -104,5 +104,5 @@ def run_training(
         buffer.add(outcome.final_metrics())
     log_plots(mlflow_client, run_id, network, data)
     if log_model:
-        outcome.model_info = pyfunc.log_model(run_id, network, config)
+        outcome.model_info = pyfunc.log_model(run_id, network, config, data.train)
     return outcome

@@ -20,6 +20,7 @@ from mlflow.models.model import ModelInfo
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 from moonvae.config import RunConfig
+from moonvae.data import Split
 from moonvae.models import VAE, build_model
 
 WEIGHTS = "weights"
@@ -74,7 +75,7 @@ def signature() -> ModelSignature:
     return ModelSignature(inputs=inputs, outputs=outputs, params=params)
 
 
-def log_model(run_id: str, network: VAE, config: RunConfig, name: str = "model") -> ModelInfo:
+def log_model(run_id: str, network: VAE, config: RunConfig, train: Split, name: str = "model") -> ModelInfo:
     """Log the network to the run as a pyfunc model (no active run needed: trials run in threads)."""
     with tempfile.TemporaryDirectory() as tmp:
         weights_path, config_path = Path(tmp) / "weights.pt", Path(tmp) / "config.json"

@@ -19,6 +19,7 @@ from typing import Any
 import mlflow
 import numpy as np
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
+from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
@@ -162,3 +163,32 @@ def log_dataset(
 def log_figure(mlflow_client: MlflowClient, run_id: str, figure: Any, artifact_file: str) -> None:
     """A plotly figure as an HTML artifact (plotly.js from its CDN, ~8 KB a file)."""
     mlflow_client.log_figure(run_id, figure, artifact_file)
+
+
+def register_model(
+    mlflow_client: MlflowClient,
+    model_info: ModelInfo,
+    name: str,
+    *,
+    alias: str | None = "champion",
+    tags: dict[str, Any] | None = None,
+    description: str | None = None,
+) -> str:
+    """Register a logged model as a new version of `name`, optionally moving `alias` to it; returns the version.
+
+    The version keeps the run it came from and the logged model's id, so the UI links all three.
+    """
+    try:
+        mlflow_client.get_registered_model(name)
+    except mlflow.exceptions.MlflowException:
+        mlflow_client.create_registered_model(name, description=description)
+    version = mlflow_client.create_model_version(
+        name,
+        model_info.model_uri,
+        run_id=model_info.run_id,
+        model_id=model_info.model_id,
+        tags={key: str(value) for key, value in (tags or {}).items()},
+    ).version
+    if alias:
+        mlflow_client.set_registered_model_alias(name, alias, version)
+    return str(version)
