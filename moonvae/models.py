@@ -61,6 +61,14 @@ class LossTerms(NamedTuple):
     kl: torch.Tensor  # KL(q(z|x) || N(0, I)) summed, divided by the same count
 
 
+class LatentBank(NamedTuple):
+    """q(z|x) of a set of points (usually the training split): the aggregate posterior."""
+
+    mean: torch.Tensor  # N x latent_dim
+    logvar: torch.Tensor  # N x latent_dim
+    y: torch.Tensor  # N moon labels
+
+
 class VAE(nn.Module):
     """Unconditional VAE; `y` is accepted everywhere and ignored, so callers need not branch."""
 
@@ -103,6 +111,29 @@ class VAE(nn.Module):
         z = torch.randn((n, self.config.latent_dim), generator=generator)
         return self.decode(z, y)
 
+    @torch.inference_mode()
+    def sample_posterior(
+        self, bank: LatentBank, n: int, y: torch.Tensor | None = None, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Decode n draws from the aggregate posterior: a random bank entry's q(z|x), noise scaled by eps_w.
+
+        That is the distribution the decoder was trained on; with a small eps_w it is
+        far narrower than the prior. The CVAE draws each entry from its own label's points.
+        """
+        if y is None:
+            index = torch.randint(len(bank.mean), (n,), generator=generator)
+        else:
+            index = torch.empty(n, dtype=torch.long)
+            for label in y.unique():
+                rows = (y == label).nonzero().squeeze(1)
+                pool = (bank.y == label).nonzero().squeeze(1)
+                if len(pool) == 0:
+                    raise ValueError(f"the latent bank holds no point with label {int(label)}")
+                index[rows] = pool[torch.randint(len(pool), (len(rows),), generator=generator)]
+        eps = torch.randn((n, self.config.latent_dim), generator=generator)
+        z = bank.mean[index] + self.config.eps_w * eps * torch.exp(0.5 * bank.logvar[index])
+        return self.decode(z, y)
+
     def loss(self, x: torch.Tensor, x_hat: torch.Tensor, latents: dict[str, torch.Tensor]) -> LossTerms:
         """The study's beta-ELBO with mean reduction over batch x data dims."""
         numel = x.numel()
@@ -138,3 +169,20 @@ def build_model(config: ModelConfig, seed: int) -> VAE:
             return cls(config)
         finally:
             torch.random.set_rng_state(state)
+
+
+@torch.inference_mode()
+def latent_bank(network: VAE, x: torch.Tensor, y: torch.Tensor) -> LatentBank:
+    mean, logvar = network.encode(x, y)
+    return LatentBank(mean, logvar, y)
+
+
+def traversal_latents(reference: torch.Tensor, dim: int, steps: int) -> torch.Tensor:
+    """The study's latent traversal: `steps` latents at the median, dimension `dim` swept from min to max.
+
+    `reference` holds latents (N x d) whose per-dimension min, max and median define the sweep.
+    """
+    low, high = reference[:, dim].min(), reference[:, dim].max()
+    latents = reference.median(dim=0).values.repeat(steps, 1)
+    latents[:, dim] = torch.linspace(low.item(), high.item(), steps)
+    return latents

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from moonvae.config import ModelConfig
-from moonvae.models import CVAE, VAE, build_model
+from moonvae.models import CVAE, VAE, LatentBank, build_model, traversal_latents
 
 
 @pytest.fixture
@@ -88,3 +88,24 @@ def test_same_seed_same_weights_and_global_rng_untouched():
     assert torch.equal(torch.random.get_rng_state(), before)
     assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
     assert not torch.equal(a.decoder.out.weight, c.decoder.out.weight)
+
+
+def test_aggregate_posterior_samples_follow_the_bank_labels():
+    network = build_model(ModelConfig(model="cvae", latent_dim=2, eps_w=0.1), seed=0).eval()
+    bank = LatentBank(mean=torch.tensor([[5.0, 5.0], [-5.0, -5.0]]), logvar=torch.zeros(2, 2), y=torch.tensor([0, 1]))
+    y = torch.tensor([0, 1, 1, 0])
+    generator = torch.Generator().manual_seed(0)
+    sampled = network.sample_posterior(bank, 4, y, generator)
+    expected_z = torch.stack([bank.mean[int(label)] for label in y])
+    # eps_w 0.1 and unit variance: the decoded points sit close to decode(bank mean of their own label)
+    assert torch.allclose(sampled, network.decode(expected_z, y), atol=0.5)
+    with pytest.raises(ValueError, match="no point with label 1"):
+        network.sample_posterior(LatentBank(bank.mean[:1], bank.logvar[:1], bank.y[:1]), 1, torch.tensor([1]))
+
+
+def test_traversal_sweeps_one_dimension_around_the_median():
+    reference = torch.tensor([[0.0, 10.0, 1.0], [2.0, 20.0, 3.0], [4.0, 30.0, 5.0]])
+    latents = traversal_latents(reference, dim=1, steps=5)
+    assert latents.shape == (5, 3)
+    assert latents[:, 1].tolist() == [10.0, 15.0, 20.0, 25.0, 30.0]
+    assert latents[:, 0].tolist() == [2.0] * 5 and latents[:, 2].tolist() == [3.0] * 5
