@@ -185,8 +185,7 @@ def tune(
         fail(str(error))
     click.echo(f"tracking {tracking.tracking_uri()}, studies in {search.redact(plan.storage_url)}")
     try:
-        with search.torch_threads(n_jobs):
-            results = search.run(plan, tracking.client(), entry_run_id=os.environ.get("MLFLOW_RUN_ID"))
+        results = search.run(plan, tracking.client(), entry_run_id=os.environ.get("MLFLOW_RUN_ID"))
     except search.TooManyFailures as error:
         fail(str(error), code=1)
     for result in results:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import torch
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
@@ -370,7 +371,7 @@ def run(plan: Plan, mlflow_client: MlflowClient, entry_run_id: str | None = None
         tracking.run(mlflow_client, "tune", resume_run_id=entry_run_id) if entry_run_id and not adopt else nullcontext()
     )
     results = []
-    with launcher:
+    with launcher, one_torch_thread():
         for target in plan.targets:
             results.append(_run_study(plan, target, mlflow_client, study_runs[target.name] or adopt))
             if entry_run_id and not adopt:
@@ -674,14 +675,15 @@ def _register(site: _Worksite, best: FrozenTrial) -> tuple[str, str, str] | None
 
 
 @contextmanager
-def torch_threads(n_jobs: int) -> Iterator[None]:
-    """Split the cores between parallel trials: the models are small, so one thread each beats oversubscription."""
-    import os
+def one_torch_thread() -> Iterator[None]:
+    """Train each trial on one thread; parallelism comes from n_jobs workers.
 
-    import torch
-
+    These models are too small for intra-op threads to pay: on this 2-core machine
+    two torch threads per fit ran 6 to 60 times slower than one when other work
+    shared the cores (bench/tune_speed.py).
+    """
     before = torch.get_num_threads()
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // n_jobs) if n_jobs > 1 else before)
+    torch.set_num_threads(1)
     try:
         yield
     finally:
