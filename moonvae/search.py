@@ -19,7 +19,7 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,7 +62,7 @@ WIDTHS = (2, 4, 8, 16, 32, 64, 128)
 
 @dataclass(frozen=True)
 class Space:
-    """A search: what it varies, with which sampler, and how many trials it runs by default."""
+    """A search: what it varies and with which sampler."""
 
     name: str
     sampler: str  # tpe, grid or random
@@ -83,11 +83,11 @@ class Space:
 
 
 def _grid_space(name: str, grid: dict[str, tuple[Any, ...]]) -> Space:
-    distributions = {key: CategoricalDistribution(values) for key, values in grid.items()}
-    return Space(name, "grid", distributions, grid)  # type: ignore[arg-type]
+    distributions: dict[str, BaseDistribution] = {key: CategoricalDistribution(values) for key, values in grid.items()}
+    return Space(name, "grid", distributions, grid)
 
 
-# The study's three searches (see README: Tuning).
+# The study's three searches (README: Tune).
 SPACES = {
     "basic": Space(
         "basic",
@@ -249,7 +249,6 @@ def plan(
     _require(n_jobs >= 1, f"n_jobs must be an integer >= 1, got {n_jobs!r}")
     _require(timeout is None or timeout > 0, f"timeout must be a number of seconds > 0, got {timeout!r}")
     _require(pruner in PRUNERS, f"pruner must be one of {', '.join(PRUNERS)}, got {pruner!r}")
-    _require(not study_base or study_base.strip() == study_base, f"study_name must not be blank, got {study_base!r}")
     searched = sorted(set(fixed) & set(search_space.distributions))
     _require(
         not searched,
@@ -257,10 +256,11 @@ def plan(
         "leave it out or choose another space",
     )
     _require("model" not in fixed, "model is chosen by the model option, not as a fixed training value")
+    base = RunConfig.from_flat(fixed).validate()
     models = list(MODELS) if model == "both" else [model]
     targets = []
     for one in models:
-        config = RunConfig.from_flat({**fixed, "model": one}).validate()
+        config = RunConfig.from_flat({**fixed, "model": one})
         identity = {key: value for key, value in config.params().items() if key not in search_space.distributions}
         identity["space"] = space
         targets.append(
@@ -282,8 +282,8 @@ def plan(
         n_jobs=n_jobs,
         timeout=timeout,
         pruner=pruner,
-        seed=RunConfig.from_flat(fixed).train.seed,
-        max_epochs=RunConfig.from_flat(fixed).train.max_epochs,
+        seed=base.train.seed,
+        max_epochs=base.train.max_epochs,
         targets=targets,
     )
     for target in targets:
@@ -434,8 +434,8 @@ def _work_in_parallel(site: _Worksite) -> None:
     with ThreadPoolExecutor(site.plan.n_jobs, thread_name_prefix="trial") as pool:
         futures = [pool.submit(_work, site) for _ in range(site.plan.n_jobs)]
         try:
-            for future in futures:
-                future.result()
+            for future in wait(futures, return_when=FIRST_EXCEPTION).done:
+                future.result()  # a worker's error (a lost storage, say) stops the others too
         except BaseException:
             site.stop.set()
             with site.gate:
