@@ -6,8 +6,10 @@ Every user error ends in one line on stderr and exit code 2; no run is left RUNN
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -166,7 +168,11 @@ def tune(
 
     from moonvae import search
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar and one line per trial say enough
+    # The progress bar and one line per trial say enough: MLflow repeats the same notices for every trial.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)
+    for notice in ("The specified dataset source can be interpreted", ".*An input example was not provided"):
+        warnings.filterwarnings("ignore", message=notice, category=UserWarning)
     if timeout < 0:
         fail(f"timeout must be a number of seconds >= 0, got {timeout!r}")
     try:
