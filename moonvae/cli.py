@@ -6,8 +6,10 @@ Every user error ends in one line on stderr and exit code 2; no run is left RUNN
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -53,30 +55,45 @@ def _defaults(part: type) -> dict[str, Any]:
 DATA, MODEL, TRAIN = _defaults(DataConfig), _defaults(ModelConfig), _defaults(TrainConfig)
 
 
+# (name, type, default, help) of every training parameter, under its MLproject name
+TRAINING_PARAMETERS: list[tuple[str, type, Any, str | None]] = [
+    ("model", str, "vae", "vae or cvae"),
+    ("n_samples", int, DATA["n_samples"], None),
+    ("noise", float, DATA["noise"], None),
+    ("data_seed", int, DATA["data_seed"], None),
+    ("batch_size", int, TRAIN["batch_size"], None),
+    ("lr", float, TRAIN["lr"], None),
+    ("encoder_hidden", str, "8", "width, or widths as 16,8"),
+    ("decoder_hidden", str, "128", "width, or widths as 64,128"),
+    ("latent_dim", int, MODEL["latent_dim"], None),
+    ("beta", float, MODEL["beta"], "KL weight"),
+    ("eps_w", float, MODEL["eps_w"], "reparameterisation noise weight"),
+    ("max_epochs", int, TRAIN["max_epochs"], None),
+    ("patience", int, TRAIN["patience"], "early stopping, epochs"),
+    ("seed", int, TRAIN["seed"], None),
+]
+
+
 def training_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """The training parameters every entry point accepts, with the study's defaults."""
-    options = [
-        click.option("--model", type=str, default="vae", show_default=True, help="vae or cvae"),
-        click.option("--n-samples", type=int, default=DATA["n_samples"], show_default=True),
-        click.option("--noise", type=float, default=DATA["noise"], show_default=True),
-        click.option("--data-seed", type=int, default=DATA["data_seed"], show_default=True),
-        click.option("--batch-size", type=int, default=TRAIN["batch_size"], show_default=True),
-        click.option("--lr", type=float, default=TRAIN["lr"], show_default=True),
-        click.option("--encoder-hidden", type=str, default="8", show_default=True, help="width, or widths as 16,8"),
-        click.option("--decoder-hidden", type=str, default="128", show_default=True, help="width, or widths as 64,128"),
-        click.option("--latent-dim", type=int, default=MODEL["latent_dim"], show_default=True),
-        click.option("--beta", type=float, default=MODEL["beta"], show_default=True, help="KL weight"),
-        click.option(
-            "--eps-w", type=float, default=MODEL["eps_w"], show_default=True, help="reparameterisation noise weight"
-        ),
-        click.option("--max-epochs", type=int, default=TRAIN["max_epochs"], show_default=True),
-        click.option(
-            "--patience", type=int, default=TRAIN["patience"], show_default=True, help="early stopping, epochs"
-        ),
-        click.option("--seed", type=int, default=TRAIN["seed"], show_default=True),
-    ]
-    for option in reversed(options):
-        func = option(func)
+    for name, kind, default, help_text in reversed(TRAINING_PARAMETERS):
+        flag = "--" + name.replace("_", "-")
+        func = click.option(flag, type=kind, default=default, show_default=True, help=help_text)(func)
+    return func
+
+
+def fixed_training_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The training parameters as optional values fixed for every trial (all but model).
+
+    Each also answers to its MLproject spelling (`--max_epochs`): `mlflow run` passes
+    parameters the entry point does not declare as `--name value`.
+    """
+    for name, kind, default, help_text in reversed(TRAINING_PARAMETERS):
+        if name == "model":
+            continue
+        flags = ["--" + name.replace("_", "-")] + (["--" + name] if "_" in name else [])
+        text = f"fixed for every trial (default {default})" + (f"; {help_text}" if help_text else "")
+        func = click.option(*flags, name, type=kind, default=None, help=text)(func)
     return func
 
 
@@ -142,6 +159,73 @@ def train(register: str, **values: Any) -> None:
         click.echo(f"registered {name} version {version}: load it with models:/{name}@{CHAMPION}")
 
 
+@main.command()
+@click.option("--model", default="both", show_default=True, help="vae, cvae, or both (one study each)")
+@click.option("--space", default="basic", show_default=True, help="basic (TPE), data (grid) or probabilistic (random)")
+@click.option("--n-trials", "--n_trials", "n_trials", type=int, default=None, help="trials each study holds at the end")
+@click.option(
+    "--study-name", "--study_name", "study_name", default="auto", show_default=True, help="auto: moonvae-MODEL-SPACE"
+)
+@click.option("--storage", default="auto", show_default=True, help="Optuna RDB URL; auto: optuna.db beside mlflow.db")
+@click.option("--n-jobs", "--n_jobs", "n_jobs", type=int, default=1, show_default=True, help="parallel trials")
+@click.option("--timeout", type=float, default=0, show_default=True, help="seconds, then no new trial starts; 0: none")
+@click.option("--pruner", default="median", show_default=True, help="median, hyperband or none")
+@fixed_training_options
+def tune(
+    model: str,
+    space: str,
+    n_trials: int | None,
+    study_name: str,
+    storage: str,
+    n_jobs: int,
+    timeout: float,
+    pruner: str,
+    **fixed: Any,
+) -> None:
+    """Tune with Optuna: a study per model, each trial a nested MLflow run, the best model registered."""
+    import optuna
+
+    from moonvae import search
+
+    # The progress bar and one line per trial say enough: MLflow repeats the same notices for every trial.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)
+    for notice in ("The specified dataset source can be interpreted", ".*An input example was not provided"):
+        warnings.filterwarnings("ignore", message=notice, category=UserWarning)
+    if timeout < 0:
+        fail(f"timeout must be a number of seconds >= 0, got {timeout!r}")
+    try:
+        plan = search.plan(
+            model,
+            space,
+            n_trials,
+            study_base=None if study_name == "auto" else study_name,
+            storage=None if storage == "auto" else storage,
+            n_jobs=n_jobs,
+            timeout=timeout or None,
+            pruner=pruner,
+            fixed={key: value for key, value in fixed.items() if value is not None},
+        )
+    except ConfigError as error:
+        fail(str(error))
+    click.echo(f"tracking {tracking.tracking_uri()}, studies in {search.redact(plan.storage_url)}")
+    try:
+        results = search.run(plan, tracking.client(), entry_run_id=os.environ.get("MLFLOW_RUN_ID"))
+    except search.TooManyFailures as error:
+        fail(str(error), code=1)
+    for result in results:
+        held = ", ".join(f"{count} {state.lower()}" for state, count in sorted(result.counts.items()))
+        best = (
+            f"best val_mse {result.best_value:.5f} (trial {result.best_trial})"
+            if result.best_value is not None
+            else "no complete trial"
+        )
+        click.echo(f"{result.name}: {held}; {best}; run {result.run_id}; {result.seconds:.0f} s")
+        if result.registered:
+            name, version, alias = result.registered
+            click.echo(f"  registered {name} version {version} as @{alias}: models:/{name}@{alias}")
+
+
 def _not_yet(name: str) -> Callable[..., None]:
     def command(**_: Any) -> None:
         fail(f"'{name}' is not yet available", code=1)
@@ -149,7 +233,6 @@ def _not_yet(name: str) -> Callable[..., None]:
     return command
 
 
-main.command(name="tune", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})(_not_yet("tune"))
 main.command(name="analyse", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})(
     _not_yet("analyse")
 )

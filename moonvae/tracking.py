@@ -63,16 +63,23 @@ def run(
     parent_run_id: str | None = None,
     resume_run_id: str | None = None,
     tags: dict[str, str] | None = None,
+    killed_by: tuple[type[BaseException], ...] = (),
 ) -> Iterator[str]:
     """Create (or resume) a run and always end it: FINISHED, FAILED, or KILLED on Ctrl-C.
 
     A failure's reason is kept as a tag so the UI shows why a run did not finish.
+    Exceptions of a `killed_by` type are deliberate stops, not failures (a pruned
+    trial): the run ends KILLED with the exception's message as the reason.
+    A resumed run takes `run_name` and is marked RUNNING again until it ends.
     """
     all_tags = dict(tags or {})
     if parent_run_id:
         all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
     if resume_run_id:
         run_id = resume_run_id
+        mlflow_client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING), name=run_name)
+        if STATUS_REASON_TAG in mlflow_client.get_run(run_id).data.tags:  # why it stopped last time
+            mlflow_client.delete_tag(run_id, STATUS_REASON_TAG)
         set_tags(mlflow_client, run_id, all_tags)
     else:
         run_id = mlflow_client.create_run(experiment_id(mlflow_client), run_name=run_name, tags=all_tags).info.run_id
@@ -80,6 +87,9 @@ def run(
         yield run_id
     except KeyboardInterrupt:
         end_run(mlflow_client, run_id, RunStatus.KILLED, "interrupted")
+        raise
+    except killed_by as stop:
+        end_run(mlflow_client, run_id, RunStatus.KILLED, str(stop) or type(stop).__name__)
         raise
     except BaseException as error:
         end_run(mlflow_client, run_id, RunStatus.FAILED, f"{type(error).__name__}: {error}")
@@ -165,6 +175,10 @@ def log_figure(mlflow_client: MlflowClient, run_id: str, figure: Any, artifact_f
     mlflow_client.log_figure(run_id, figure, artifact_file)
 
 
+def log_text(mlflow_client: MlflowClient, run_id: str, text: str, artifact_file: str) -> None:
+    mlflow_client.log_text(run_id, text, artifact_file)
+
+
 def register_model(
     mlflow_client: MlflowClient,
     model_info: ModelInfo,
@@ -194,3 +208,23 @@ def register_model(
     if alias:
         mlflow_client.set_registered_model_alias(name, alias, version)
     return str(version)
+
+
+def logged_model_info(model_id: str) -> ModelInfo:
+    """The `ModelInfo` of a model logged earlier, possibly by another process (`models:/m-<id>`)."""
+    return mlflow.models.get_model_info(f"models:/{model_id}")
+
+
+def registered_version(mlflow_client: MlflowClient, name: str, model_id: str) -> str | None:
+    """The version of `name` that already holds this logged model, if any (so a rerun registers nothing new)."""
+    try:
+        versions = mlflow_client.search_model_versions(f"name='{name}'")
+    except mlflow.exceptions.MlflowException:
+        return None
+    # the sqlite registry keeps the logged model as the version's source, not as model_id
+    found = [version.version for version in versions if version.source == f"models:/{model_id}"]
+    return str(max(found, key=int)) if found else None
+
+
+def set_alias(mlflow_client: MlflowClient, name: str, alias: str, version: str) -> None:
+    mlflow_client.set_registered_model_alias(name, alias, version)

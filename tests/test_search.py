@@ -1,0 +1,343 @@
+"""Tuning on real Optuna RDB storage and a real MLflow sqlite store, in a temporary folder.
+
+Trials are tiny (200 points, a dozen epochs) so a study of a few trials takes seconds;
+what is checked is the bookkeeping: counts, nesting, states, reasons, registration.
+"""
+
+import subprocess
+import sys
+import threading
+
+import mlflow
+import optuna
+import pandas as pd
+import pytest
+from conftest import ROOT, subprocess_env
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from moonvae import search, tracking
+from moonvae.config import ConfigError
+from moonvae.train import TrainingDiverged
+
+TINY = {"n_samples": 200, "max_epochs": 12}
+
+
+def tune(**options):
+    options = {"model": "vae", "n_trials": 2, "fixed": TINY} | options
+    return search.run(search.plan(**options), tracking.client())
+
+
+def load_study(name="moonvae-vae-basic"):
+    return optuna.load_study(study_name=name, storage=search.default_storage())
+
+
+def all_runs(client):
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(experiments, order_by=["attributes.start_time ASC"]) if experiments else []
+
+
+def children(client, parent_id):
+    return [run for run in all_runs(client) if run.data.tags.get("mlflow.parentRunId") == parent_id]
+
+
+def by_state(study):
+    return sorted(trial.state.name for trial in study.trials)
+
+
+@pytest.fixture
+def client(workdir):
+    return tracking.client()
+
+
+@pytest.fixture
+def fail_when(monkeypatch):
+    """Make trials whose config matches a predicate raise, the way a real trial failure surfaces."""
+
+    def install(predicate, error=lambda: TrainingDiverged("loss is not finite at epoch 3; try a lower lr")):
+        real = search.run_training
+
+        def run_training(config, *args, **kwargs):
+            if predicate(config):
+                raise error()
+            return real(config, *args, **kwargs)
+
+        monkeypatch.setattr(search, "run_training", run_training)
+
+    return install
+
+
+def test_names_and_default_storage(workdir):
+    assert search.study_name("vae", "basic") == "moonvae-vae-basic"
+    assert search.study_name("cvae", "data", "s", both=True) == "s-cvae"
+    assert search.study_name("cvae", "data", "s") == "s"
+    assert search.default_storage(f"sqlite:///{workdir}/sub/mlflow.db") == f"sqlite:///{workdir}/sub/optuna.db"
+    assert search.default_storage("sqlite:///mlflow.db") == f"sqlite:///{workdir}/optuna.db"
+    assert search.default_storage("http://localhost:5000") == f"sqlite:///{workdir}/optuna.db"
+    assert search.redact("postgresql+psycopg2://me:secret@db/optuna") == "postgresql+psycopg2://me:***@db/optuna"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"space": "wide"}, "space must be one of basic, data, probabilistic, got 'wide'"),
+        ({"model": "gan"}, "model must be one of vae, cvae, both, got 'gan'"),
+        ({"n_trials": 0}, "n_trials must be an integer >= 1"),
+        ({"n_jobs": 0}, "n_jobs must be an integer >= 1"),
+        ({"pruner": "sometimes"}, "pruner must be one of median, hyperband, none"),
+        ({"fixed": {"lr": 0.01}}, "lr is searched by the basic space"),
+        ({"fixed": {"patience": 0}}, "patience must be an integer >= 1"),
+        ({"fixed": {"latent": 3}}, "unknown parameter(s): latent"),
+        ({"storage": "sqlite:////no/such/folder/optuna.db"}, "cannot open storage sqlite:////no/such/folder/optuna.db"),
+        ({"storage": "nosuchdb://x"}, "cannot open storage nosuchdb://x"),
+    ],
+)
+def test_bad_input_is_refused_before_anything_is_created(workdir, options, message):
+    with pytest.raises(ConfigError) as refused:
+        search.plan(**({"model": "vae"} | options))
+    assert message in str(refused.value) and "\n" not in str(refused.value)
+    assert not (workdir / "optuna.db").exists() and not (workdir / "mlflow.db").exists()
+
+
+def test_trials_nest_under_one_study_run_with_two_workers(client):
+    (result,) = tune(n_trials=4, n_jobs=2)
+    study = load_study()
+    assert by_state(study).count("FAIL") == 0 and len(study.trials) == 4
+    study_run = client.get_run(result.run_id)
+    assert study_run.info.status == "FINISHED" and study_run.data.tags["moonvae.kind"] == "study"
+    assert study_run.data.params["n_trials"] == "4" and study_run.data.params["sampler"] == "TPESampler"
+    assert study_run.data.params["max_epochs"] == "12" and "lr" not in study_run.data.params  # lr is searched
+    trials = children(client, result.run_id)
+    assert sorted(run.info.run_name for run in trials) == ["trial-000", "trial-001", "trial-002", "trial-003"]
+    assert {run.info.run_id for run in trials} == {trial.user_attrs["mlflow_run_id"] for trial in study.trials}
+    assert all(children(client, run.info.run_id) == [] for run in trials)  # two levels only
+    for trial in study.trials:
+        run = client.get_run(trial.user_attrs["mlflow_run_id"])
+        assert run.info.status == "FINISHED" and run.data.tags["optuna.state"] == trial.state.name
+        assert run.data.tags["optuna.trial"] == str(trial.number)
+        assert run.data.params["lr"] == str(trial.params["lr"])
+        assert run.data.params["latent_dim"] == str(trial.params["latent_dim"])
+        assert len(client.get_metric_history(run.info.run_id, "val_mse")) == 12
+        assert run.data.metrics["best_val_mse"] == pytest.approx(trial.value)
+        assert "plots/reconstruction.html" in {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    first, second = sorted(trials, key=lambda run: run.info.run_name)[:2]
+    assert second.info.start_time < first.info.end_time  # the two workers really overlapped
+    artifacts = {a.path for a in client.list_artifacts(result.run_id)}
+    assert {"trials.csv", "best.json"} <= artifacts
+    plots = {a.path for a in client.list_artifacts(result.run_id, "plots")}
+    assert plots == {
+        f"plots/{name}.html" for name in ("optimization_history", "param_importances", "parallel_coordinate", "slice")
+    }
+    table = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="trials.csv"))
+    assert len(table) == 4 and set(table["user_attrs_mlflow_run_id"]) == {run.info.run_id for run in trials}
+
+
+def test_resume_runs_only_the_missing_trials_and_registers_the_best(client):
+    (first,) = tune(n_trials=2)
+    (second,) = tune(n_trials=3, pruner="hyperband")
+    study = load_study()
+    assert [trial.number for trial in study.trials] == [0, 1, 2]
+    assert second.run_id == first.run_id  # one study run across calls
+    assert len(children(client, first.run_id)) == 3
+    study_run = client.get_run(first.run_id)
+    assert study_run.info.status == "FINISHED" and study_run.data.metrics["trials_complete"] == 3
+    assert study_run.data.metrics["best_val_mse"] == pytest.approx(study.best_value)
+
+    name, version, alias = second.registered
+    assert (name, alias) == ("moonvae-vae", "champion")
+    registered = client.get_model_version_by_alias(name, "champion")
+    assert str(registered.version) == version
+    assert registered.run_id == study.best_trial.user_attrs["mlflow_run_id"]
+    assert registered.tags["moonvae.study"] == "moonvae-vae-basic"
+    assert registered.tags["moonvae.trial"] == str(study.best_trial.number)
+    assert float(registered.tags["best_val_mse"]) == pytest.approx(study.best_value)
+    model = mlflow.pyfunc.load_model("models:/moonvae-vae@champion")
+    assert model.predict(pd.DataFrame({"label": [0, 1]})).shape == (2, 2)
+
+    versions = len(client.search_model_versions("name='moonvae-vae'"))
+    (third,) = tune(n_trials=3)  # nothing missing: no trial, no new version
+    assert len(load_study().trials) == 3 and third.registered == second.registered
+    assert len(client.search_model_versions("name='moonvae-vae'")) == versions
+
+
+def test_resume_with_other_fixed_values_is_refused_and_leaves_the_study_alone(client):
+    tune(n_trials=1)
+    before = [(trial.number, trial.state) for trial in load_study().trials]
+    runs_before = len(all_runs(client))
+    with pytest.raises(ConfigError, match="study 'moonvae-vae-basic' was run with max_epochs=12; pass the same"):
+        search.plan(model="vae", n_trials=3, fixed=TINY | {"max_epochs": 20})
+    assert [(trial.number, trial.state) for trial in load_study().trials] == before
+    assert len(all_runs(client)) == runs_before
+
+
+def test_grid_visits_each_point_once_and_retries_a_failed_point(client, monkeypatch, fail_when):
+    grid = {"n_samples": (200, 300), "noise": (0.1, 0.2)}
+    monkeypatch.setitem(search.SPACES, "data", search._grid_space("data", grid))
+    failed_once = threading.Event()
+
+    def first_attempt_at_300_02(config):
+        hit = (config.data.n_samples, config.data.noise) == (300, 0.2) and not failed_once.is_set()
+        failed_once.set() if hit else None
+        return hit
+
+    fail_when(first_attempt_at_300_02)
+    (result,) = tune(space="data", n_trials=100, n_jobs=2, fixed={"max_epochs": 3})
+    study = load_study("moonvae-vae-data")
+    done = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert sorted((t.params["n_samples"], t.params["noise"]) for t in done) == sorted(
+        (n, noise) for n in grid["n_samples"] for noise in grid["noise"]
+    )
+    (failed,) = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert (failed.params["n_samples"], failed.params["noise"]) == (300, 0.2)
+    run = client.get_run(failed.user_attrs["mlflow_run_id"])
+    assert run.info.status == "FAILED" and run.data.tags["moonvae.status_reason"].startswith("TrainingDiverged")
+    assert result.registered[2] == "best-data"  # another data set: not the champion
+
+
+@pytest.mark.slow
+def test_the_studys_data_grid_visits_its_21_points_once(client):
+    tune(space="data", n_trials=100, fixed={"max_epochs": 2}, pruner="none")
+    study = load_study("moonvae-vae-data")
+    points = [(t.params["n_samples"], t.params["noise"]) for t in study.trials]
+    assert len(points) == 21 and len(set(points)) == 21
+    assert {n for n, _ in points} == {200, 2000, 20000}
+
+
+def test_pruned_and_failed_trials_are_recorded_and_the_study_goes_on(client, monkeypatch, fail_when):
+    monkeypatch.setattr(search, "PRUNE_AFTER_EPOCHS", 0)
+    monkeypatch.setattr(search, "MEDIAN_STARTUP_TRIALS", 1)
+    fail_when(lambda config: config.train.lr == 0.0123)
+    plan = search.plan(model="vae", n_trials=3, fixed={"n_samples": 200, "max_epochs": 20})
+    study = plan.studies["moonvae-vae-basic"]
+    good = {"lr": 0.01, "batch_size": 32, "encoder_hidden": 16, "latent_dim": 16, "decoder_hidden": 64}
+    study.enqueue_trial(good)
+    study.enqueue_trial(good | {"lr": 1e-4, "decoder_hidden": 2, "latent_dim": 2})  # far behind at epoch 9
+    study.enqueue_trial(good | {"lr": 0.0123})
+    search.run(plan, tracking.client())
+
+    states = [trial.state for trial in study.trials]
+    assert states[:3] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL]
+    assert len(states) == 4 and states[3] != TrialState.FAIL  # the failure was replaced
+    pruned = client.get_run(study.trials[1].user_attrs["mlflow_run_id"])
+    assert pruned.info.status == "KILLED" and pruned.data.tags["optuna.state"] == "PRUNED"
+    assert pruned.data.tags["moonvae.status_reason"].startswith("pruned at epoch 9")
+    assert len(client.get_metric_history(pruned.info.run_id, "val_mse")) == 10  # curves kept up to the prune
+    failed = client.get_run(study.trials[2].user_attrs["mlflow_run_id"])
+    assert failed.info.status == "FAILED" and failed.data.tags["optuna.state"] == "FAIL"
+    assert (
+        failed.data.tags["moonvae.status_reason"] == "TrainingDiverged: loss is not finite at epoch 3; try a lower lr"
+    )
+    assert study.trials[2].user_attrs["reason"].startswith("TrainingDiverged")
+
+
+def test_repeated_failures_stop_the_call_and_leave_no_run_running(client, fail_when):
+    fail_when(lambda config: True, error=lambda: OSError("disk full"))
+    with pytest.raises(search.TooManyFailures, match="5 trials in a row failed, the last with OSError: disk full"):
+        tune(n_trials=3)
+    assert by_state(load_study()) == ["FAIL"] * 5
+    assert {run.info.status for run in all_runs(client)} == {"FAILED"}
+
+
+def test_ctrl_c_kills_the_runs_and_fails_the_trial(client, fail_when):
+    fail_when(lambda config: True, error=KeyboardInterrupt)
+    with pytest.raises(KeyboardInterrupt):
+        tune(n_trials=3)
+    assert by_state(load_study()) == ["FAIL"]
+    assert {(run.info.status, run.data.tags["moonvae.status_reason"]) for run in all_runs(client)} == {
+        ("KILLED", "interrupted")
+    }
+
+
+def test_a_dead_workers_trial_is_failed_and_replaced(client, monkeypatch):
+    monkeypatch.setattr(search, "HEARTBEAT_SECONDS", 1)
+    monkeypatch.setattr(search, "GRACE_SECONDS", 1)
+    plan = search.plan(model="vae", n_trials=1, fixed=TINY)
+    study = plan.studies["moonvae-vae-basic"]
+    orphan = study.ask()  # what a killed worker leaves: a RUNNING trial and a RUNNING run
+    plan.storage.record_heartbeat(orphan._trial_id)
+    with tracking.run(client, "trial-000") as orphan_run:
+        orphan.set_user_attr("mlflow_run_id", orphan_run)
+        threading.Event().wait(2.5)  # the heartbeat goes stale
+        search.run(plan, client)
+        assert client.get_run(orphan_run).info.status == "FAILED"
+    assert by_state(load_study()) == ["COMPLETE", "FAIL"]
+
+
+def test_timeout_stops_starting_trials(client):
+    (result,) = tune(n_trials=50, timeout=0.5)
+    assert 1 <= sum(result.counts.values()) < 50
+    assert {run.info.status for run in all_runs(client)} == {"FINISHED"}
+
+
+def moonvae(workdir, *args):
+    return subprocess.run(
+        [sys.executable, "-m", "moonvae", *args],
+        cwd=workdir,
+        env=subprocess_env(workdir),
+        capture_output=True,
+        text=True,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--space", "wide"], "space must be one of"),
+        (["--n-trials", "0"], "n_trials must be an integer >= 1"),
+        (["--storage", "sqlite:////no/such/folder/optuna.db"], "cannot open storage"),
+        (["--max_epochs", "abc"], "--max_epochs"),
+    ],
+)
+def test_cli_bad_input_is_one_line_and_leaves_no_run(workdir, args, named):
+    done = moonvae(workdir, "tune", "--model", "vae", *args)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("moonvae: error:") and named in lines[0], done.stderr
+    assert all_runs(MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")) == []
+
+
+def mlflow_run(workdir, *params):
+    args = [arg for param in params for arg in ("-P", param)]
+    command = [sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", "tune", "--env-manager", "local", *args]
+    return subprocess.run(command, cwd=workdir, env=subprocess_env(workdir), capture_output=True, text=True)
+
+
+@pytest.mark.slow
+def test_mlflow_run_tune_resumes_one_study_and_registers_both_champions(workdir, client):
+    done = mlflow_run(workdir, "model=vae", "n_trials=4", "max_epochs=25", "study_name=s")
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = mlflow_run(workdir, "model=vae", "n_trials=6", "max_epochs=25", "study_name=s", "n_jobs=2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{workdir / 'optuna.db'}")
+    assert len(study.trials) == 6 and all(t.state != TrialState.FAIL for t in study.trials)
+    study_run_id = study.user_attrs["mlflow_run_id"]
+    study_run = client.get_run(study_run_id)
+    assert study_run.info.run_name == "s" and study_run.data.params["max_epochs"] == "25"
+    trials = children(client, study_run_id)
+    assert len(trials) == 6 and {run.info.run_id for run in trials} == {
+        t.user_attrs["mlflow_run_id"] for t in study.trials
+    }
+    for run in trials:
+        assert run.data.params["max_epochs"] == "25"
+        assert len(client.get_metric_history(run.info.run_id, "val_mse")) == 25
+        assert client.list_artifacts(run.info.run_id, "plots")
+    second_entry = [run for run in all_runs(client) if run.data.tags.get("moonvae.study_runs") == study_run_id]
+    assert len(second_entry) == 1 and second_entry[0].info.status == "FINISHED"
+
+    done = mlflow_run(workdir, "model=both", "n_trials=2", "max_epochs=25", "study_name=b", "n_jobs=2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "registered moonvae-cvae version 1 as @champion" in done.stdout
+    for model in ("vae", "cvae"):
+        loaded = mlflow.pyfunc.load_model(f"models:/moonvae-{model}@champion")
+        assert loaded.predict(pd.DataFrame({"label": [0, 1, 1]})).shape == (3, 2)
+    assert {run.info.status for run in all_runs(client)} == {"FINISHED"}
+
+
+@pytest.mark.slow
+def test_mlflow_run_tune_bad_input_fails_the_entry_run(workdir):
+    done = mlflow_run(workdir, "model=vae", "n_trials=0")
+    assert done.returncode != 0
+    assert "moonvae: error: n_trials must be an integer >= 1, got 0" in done.stderr
+    (run,) = all_runs(MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}"))
+    assert run.info.status == "FAILED"
