@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from sklearn.datasets import make_moons
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import StratifiedKFold, cross_val_score, train_test_split
 from sklearn.neighbors import KNeighborsClassifier
 
 from moonvae.config import DataConfig
@@ -90,6 +90,13 @@ def conditional_accuracy(classifier: KNeighborsClassifier, samples: np.ndarray, 
     """Share of samples the classifier puts on the requested moon, averaged over the moons requested."""
     predicted = classifier.predict(samples)
     return float(np.mean([np.mean(predicted[requested == k] == k) for k in np.unique(requested)]))
+
+
+def latent_moon_accuracy(bank: LatentBank, seed: int = 0) -> float:
+    """How well the moon can be read off the latent means (5-fold k-NN accuracy; 0.5 = moons fully overlap)."""
+    folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=seed)
+    scores = cross_val_score(knn(len(bank.mean) * 4 // 5), bank.mean.numpy(), bank.y.numpy(), cv=folds)
+    return float(scores.mean())
 
 
 @dataclass(frozen=True)
