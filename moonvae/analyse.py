@@ -347,7 +347,11 @@ def load_studies(storage: str | None, prefix: str = "moonvae") -> dict[str, find
             importances: dict[str, float] = {}
             if len(trials) >= 2:
                 try:
-                    importances = dict(optuna.importance.get_param_importances(study, seed=0))
+                    importances = dict(
+                        optuna.importance.get_param_importances(
+                            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)
+                        )
+                    )
                 except (RuntimeError, ValueError):  # too few trials or no variation in a parameter
                     importances = {}
             tables[findings.study_name(model, space)] = findings.StudyTable(trials, importances)
@@ -369,8 +373,13 @@ INTRO = (
 )
 
 
+def load_subjects(references: Mapping[str, str], cache_dir: Path = moons.DEFAULT_CACHE_DIR) -> list[Subject]:
+    """Every model to analyse ({kind: URI or run id}), loaded before any run starts so bad input leaves none."""
+    return [load_subject(kind, reference, cache_dir) for kind, reference in references.items()]
+
+
 def analyse(
-    references: Mapping[str, str],
+    subjects: list[Subject],
     output: Path,
     *,
     mlflow_client: MlflowClient,
@@ -379,19 +388,12 @@ def analyse(
     study_prefix: str = "moonvae",
     n_eval: int = evaluate.N_EVAL,
     seed: int = 0,
-    cache_dir: Path = moons.DEFAULT_CACHE_DIR,
     progress: Callable[[str], None] = lambda _: None,
 ) -> Analysis:
-    """Analyse the given models ({kind: URI or run id}), log to `run_id` and write the report to `output`."""
+    """Analyse the loaded models, log to `run_id` and write the report to `output`."""
     logging.getLogger("numba").setLevel(logging.WARNING)
-    subjects = []
-    for kind, reference in references.items():
-        progress(f"loading {kind}: {reference}")
-        subjects.append(load_subject(kind, reference, cache_dir))
     tracking.log_params(
-        mlflow_client,
-        run_id,
-        {**{kind: ref for kind, ref in references.items()}, "n_eval": n_eval, "seed": seed},
+        mlflow_client, run_id, {**{s.kind: s.reference for s in subjects}, "n_eval": n_eval, "seed": seed}
     )
     tracking.set_tags(
         mlflow_client,

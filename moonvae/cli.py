@@ -17,7 +17,7 @@ from mlflow.entities import RunStatus
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
 from moonvae import tracking
-from moonvae.analyse import DEFAULT_MODELS, AnalyseError, default_storage
+from moonvae.analyse import DEFAULT_MODELS, AnalyseError, default_storage, load_subjects
 from moonvae.analyse import analyse as run_analysis
 from moonvae.config import ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig
 from moonvae.evaluate import N_EVAL
@@ -158,23 +158,24 @@ def analyse(vae: str, cvae: str, output: str, n_eval: int, seed: int, storage: s
     if seed < 0:
         fail(f"seed must be an integer >= 0, got {seed}")
     mlflow_client = tracking.client()
-    resume = os.environ.get("MLFLOW_RUN_ID")
     try:
-        with tracking.run(mlflow_client, "analyse", resume_run_id=resume, tags={MLFLOW_RUN_NAME: "analyse"}) as run_id:
-            click.echo(f"run {run_id} on {tracking.tracking_uri()}")
-            result = run_analysis(
-                references,
-                Path(output),
-                mlflow_client=mlflow_client,
-                run_id=run_id,
-                storage=storage or default_storage(),
-                study_prefix=study_prefix,
-                n_eval=n_eval,
-                seed=seed,
-                progress=click.echo,
-            )
+        subjects = load_subjects(references)
     except AnalyseError as error:
         fail(str(error))
+    resume = os.environ.get("MLFLOW_RUN_ID")
+    with tracking.run(mlflow_client, "analyse", resume_run_id=resume, tags={MLFLOW_RUN_NAME: "analyse"}) as run_id:
+        click.echo(f"run {run_id} on {tracking.tracking_uri()}")
+        result = run_analysis(
+            subjects,
+            Path(output),
+            mlflow_client=mlflow_client,
+            run_id=run_id,
+            storage=storage or default_storage(),
+            study_prefix=study_prefix,
+            n_eval=n_eval,
+            seed=seed,
+            progress=click.echo,
+        )
     for finding in result.findings:
         click.echo(f"finding {finding.number}: {finding.verdict}")
     click.echo(f"done: {len(result.metrics)} metrics, {len(result.figures)} figures in {output}")

@@ -68,6 +68,11 @@ def _fmt(value: float) -> str:
     return f"{value:.3g}"
 
 
+def _count(mask: pd.Series) -> str:
+    """`k of n (p%)` for a boolean series."""
+    return f"{int(mask.sum())} of {len(mask)} ({mask.mean():.0%})" if len(mask) else "0 of 0"
+
+
 def _enough(table: StudyTable | None, minimum: int = MIN_TRIALS) -> bool:
     return table is not None and len(table.trials) >= minimum
 
@@ -162,9 +167,9 @@ def tiny_networks(studies: Mapping[str, StudyTable]) -> Finding:
     share_tiny = collapsed(trials[tiny]).mean() if tiny.any() else float("nan")
     share_rest = collapsed(trials[~tiny]).mean()
     evidence = (
-        f"vae basic, collapse = test_kl < {COLLAPSE_KL} and test_mse > {COLLAPSE_MSE}: "
-        f"{_fmt(share_tiny)} of {int(tiny.sum())} trials with encoder and decoder <= 4, "
-        f"{_fmt(share_rest)} of {int((~tiny).sum())} others"
+        f"vae basic, collapsed (test_kl < {COLLAPSE_KL} and test_mse > {COLLAPSE_MSE}): "
+        f"{_count(collapsed(trials[tiny]))} trials with encoder and decoder <= 4, "
+        f"{_count(collapsed(trials[~tiny]))} others"
     )
     if tiny.sum() < MIN_GROUP:
         return Finding(4, claim, evidence, NOT_ENOUGH)
@@ -176,14 +181,12 @@ def cvae_robust(studies: Mapping[str, StudyTable]) -> Finding:
     tables = {model: studies.get(study_name(model, "basic")) for model in ("vae", "cvae")}
     if not all(_enough(table) for table in tables.values()):
         return Finding(5, claim, "; ".join(_missing(f"{m} basic", t) for m, t in tables.items()), NOT_ENOUGH)
-    shares = {}
-    for model, table in tables.items():
-        values = table.trials["value"]
-        shares[model] = float((values <= WELL * values.min()).mean())
-    evidence = ", ".join(
-        f"{model}: {_fmt(share)} of trials within {WELL:g}x of the study's best "
+    within = {model: table.trials["value"] <= WELL * table.trials["value"].min() for model, table in tables.items()}
+    shares = {model: float(mask.mean()) for model, mask in within.items()}
+    evidence = "; ".join(
+        f"{model} basic: {_count(mask)} trials within {WELL:g}x of the study's best best-val-MSE "
         f"(median {_fmt(tables[model].trials['value'].median())})"
-        for model, share in shares.items()
+        for model, mask in within.items()
     )
     wider = shares["cvae"] > shares["vae"]
     lower = tables["cvae"].trials["value"].median() < tables["vae"].trials["value"].median()
@@ -269,8 +272,9 @@ def eps_w_and_beta(studies: Mapping[str, StudyTable]) -> Finding:
             collapse_share = float(collapsed(high).mean()) if len(high) else float("nan")
             rho_kl = stats.spearmanr(trials["eps_w"] * trials["beta"], trials["test_kl"])
             text += (
-                f"; collapsed (test_kl < {COLLAPSE_KL}, test_mse > {COLLAPSE_MSE}): {_fmt(collapse_share)} of "
-                f"{len(high)} trials with eps_w >= 0.5; Spearman(test KL, eps_w*beta) {_fmt(rho_kl.statistic)}"
+                f"; collapsed (test_kl < {COLLAPSE_KL}, test_mse > {COLLAPSE_MSE}): {_count(collapsed(high))} "
+                f"trials with eps_w >= 0.5; Spearman(test KL, eps_w*beta) {_fmt(rho_kl.statistic)} "
+                f"(p={_fmt(rho_kl.pvalue)})"
             )
             smoother = rho_kl.statistic < 0 and rho_kl.pvalue < SIGNIFICANCE  # less KL pressure, more KL
             verdicts.append(sharper and smoother and len(high) >= MIN_GROUP and collapse_share >= 0.5)
