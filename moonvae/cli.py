@@ -24,6 +24,7 @@ from moonvae.evaluate import N_EVAL
 from moonvae.train import EpochMetrics, TrainingDiverged
 
 EPOCH_LINE_EVERY = 25  # print one console line per this many epochs
+CHAMPION = "champion"  # the alias users load: models:/NAME@champion
 
 
 class OneLineErrors(click.Group):
@@ -106,19 +107,35 @@ def main() -> None:
     """Train, tune and analyse a VAE and a CVAE on the two-moons data, tracked with MLflow."""
 
 
+def registered_model_name(name: str) -> str:
+    """A registry name usable in `models:/NAME@champion`, or a one-line error."""
+    if not name.strip() or any(char in name for char in "/:@"):
+        fail(f"register must be a model name without '/', ':' or '@', got {name!r}")
+    return name
+
+
 @main.command()
 @training_options
-def train(**values: Any) -> None:
+@click.option(
+    "--register",
+    default="",
+    metavar="NAME",
+    help="register the model as a new version of NAME with alias champion (empty: do not register)",
+)
+def train(register: str, **values: Any) -> None:
     """Train one model and log it as an MLflow run (params, per-epoch metrics, plots, model)."""
     from moonvae.experiment import run_training
 
     config = run_config(values)
+    name = registered_model_name(register) if register else None
     mlflow_client = tracking.client()
     resume = os.environ.get("MLFLOW_RUN_ID")
     try:
         with tracking.run(mlflow_client, f"train-{config.model.model}", resume_run_id=resume) as run_id:
             click.echo(f"run {run_id} on {tracking.tracking_uri()}")
             outcome = run_training(config, mlflow_client, run_id, on_epoch=print_epoch)
+            if name:
+                version = tracking.register_model(mlflow_client, outcome.model_info, name, alias=CHAMPION)
     except TrainingDiverged as error:
         fail(str(error), code=1)
     metrics = outcome.final_metrics()
@@ -126,6 +143,8 @@ def train(**values: Any) -> None:
         f"done: {metrics['epochs']} epochs, best val_mse {metrics['best_val_mse']:.5f} "
         f"(epoch {metrics['best_epoch']}), test_mse {metrics['test_mse']:.5f}, test_kl {metrics['test_kl']:.5f}"
     )
+    if name:
+        click.echo(f"registered {name} version {version}: load it with models:/{name}@{CHAMPION}")
 
 
 def _not_yet(name: str) -> Callable[..., None]:

@@ -1,8 +1,17 @@
-"""The trained VAE/CVAE as an MLflow pyfunc model.
+"""The trained VAE/CVAE as an MLflow pyfunc model: sample, reconstruct, encode, traverse.
 
-The model directory holds the weights (a plain state dict, loaded with
-`weights_only=True`, never an unpickled module) and the run config as JSON;
-`MoonVAEModel` rebuilds the network from them.
+What a logged model holds, and why:
+- `weights.pt`: the state dict, loaded with `weights_only=True` (no pickled module);
+- `config.json`: the run config, to rebuild the network;
+- `latents.pt`: the training split's q(z|x) (means, log-variances, labels), the bank that
+  `source=posterior` samples from, and the traversal's reference statistics (per-dimension
+  min, median and max of the training latents), computed once at logging time;
+- the model is logged "from code" (`model_code.py`), so loading runs that file rather than
+  unpickling a Python object, and the moonvae package travels with it (`code_paths`), so it
+  loads where moonvae is not installed.
+
+Bad requests raise `MlflowException(..., INVALID_PARAMETER_VALUE)`: in process that is the
+error users see; `mlflow models serve` answers it with HTTP 400 and keeps serving.
 """
 
 from __future__ import annotations
@@ -10,27 +19,70 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
+import numpy as np
 import pandas as pd
 import torch
+from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.models.model import ModelInfo
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 from moonvae.config import RunConfig
-from moonvae.data import Split
-from moonvae.models import VAE, build_model
+from moonvae.models import VAE, LatentBank, build_model, latent_bank, traversal_latents
 
-WEIGHTS = "weights"
-CONFIG = "config"
-PIP_REQUIREMENTS = [
+if TYPE_CHECKING:
+    from moonvae.data import Split  # only a type: loading a model must not need scikit-learn
+
+WEIGHTS, CONFIG, LATENTS = "weights", "config", "latents"
+MODEL_CODE = Path(__file__).with_name("model_code.py")
+PACKAGE_DIR = Path(__file__).parent
+PIP_REQUIREMENTS = [  # explicit: what loading needs, with torch pinned as in pyproject.toml
     f"mlflow=={mlflow.__version__}",
     "torch==2.13.0",
-    "pandas",
-    "numpy",
+    f"pandas=={pd.__version__}",
+    f"numpy=={np.__version__}",
 ]
+
+MODES = ("sample", "reconstruct", "encode", "traverse")
+SOURCES = ("posterior", "prior")
+MAX_ROWS = 100_000  # rows in, and rows out for traverse (rows x dims x steps): bounds memory per request
+PARAMS = ParamSchema(
+    [
+        ParamSpec("mode", "string", "sample"),
+        ParamSpec("source", "string", "posterior"),  # sample: where z comes from
+        ParamSpec("seed", "long", None),  # sample, reconstruct with stochastic: unset draws fresh noise
+        ParamSpec("stochastic", "boolean", False),  # reconstruct: z drawn from q(z|x) instead of its mean
+        ParamSpec("logvar", "boolean", False),  # encode: add the log-variances
+        ParamSpec("dim", "long", None),  # traverse: one latent dimension; unset sweeps them all
+        ParamSpec("steps", "long", 10),  # traverse: points per sweep
+    ]
+)
+DEFAULTS = {spec.name: spec.default for spec in PARAMS.params}
+
+DESCRIPTION = f"""\
+A VAE or CVAE of scikit-learn's two moons. Input columns x1, x2 (floats) and label (0 or 1; required
+by the CVAE, optional for the VAE, which ignores it). params["mode"] chooses what predict does:
+- sample (default): one generated point per input row -> x1, x2. The CVAE draws from the moon named
+  by the row's label. source=posterior (default) draws z from the aggregate posterior (a training
+  point's q(z|x), noise scaled by eps_w: what the decoder was trained on); source=prior draws
+  z ~ N(0, I), which with a small eps_w lands far less often on the requested moon.
+- reconstruct: x1, x2 -> x1, x2 decoded from the posterior mean (stochastic=true: from a draw of q(z|x)).
+- encode: x1, x2 -> z0 .. z{{d-1}}, the posterior mean (logvar=true adds logvar0 ..).
+- traverse: per input row, each latent dimension (or only dim) swept in `steps` steps (default 10)
+  from its min to its max over the training latents, the others at their median, and decoded
+  (the CVAE with the row's label) -> dim, step, value, x1, x2.
+seed makes the random modes reproducible. Every output keeps the input's label column. At most
+{MAX_ROWS} rows in, and out for traverse. Bad input is an INVALID_PARAMETER_VALUE error (HTTP 400).
+"""
+
+
+def invalid(message: str) -> MlflowException:
+    """The error MLflow's scoring server turns into HTTP 400 (any other exception becomes a 500)."""
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
 
 
 def load_network(weights_path: str | Path, config_path: str | Path) -> tuple[VAE, RunConfig]:
@@ -41,28 +93,163 @@ def load_network(weights_path: str | Path, config_path: str | Path) -> tuple[VAE
     return network.eval(), config
 
 
+def traversal_reference(latents: torch.Tensor) -> torch.Tensor:
+    """Three rows, the per-dimension min, median and max of `latents`.
+
+    `traversal_latents` on these three rows sweeps exactly as on all the latents,
+    so the model stores 3 x d numbers instead of recomputing them per request.
+    """
+    return torch.stack([latents.min(dim=0).values, latents.median(dim=0).values, latents.max(dim=0).values])
+
+
 class MoonVAEModel(mlflow.pyfunc.PythonModel):
-    """Samples from the prior (`mode=sample`) or reconstructs points (`mode=reconstruct`)."""
+    """The served model. After loading: `network` (the torch VAE/CVAE, eval mode), `config` (RunConfig),
+    `bank` (LatentBank of the training split) and `reference` (the traversal's min/median/max rows)."""
+
+    network: VAE
+    config: RunConfig
+    bank: LatentBank
+    reference: torch.Tensor
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         self.network, self.config = load_network(context.artifacts[WEIGHTS], context.artifacts[CONFIG])
+        latents = torch.load(context.artifacts[LATENTS], weights_only=True)
+        self.bank = LatentBank(latents["mean"], latents["logvar"], latents["y"])
+        self.reference = latents["reference"]
 
     def predict(
         self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
-        params = params or {}
-        labels = torch.as_tensor(model_input["label"].to_numpy()) if "label" in model_input else None
-        if params.get("mode", "sample") == "reconstruct":
-            x = torch.as_tensor(model_input[["x1", "x2"]].to_numpy(dtype="float32"))
-            with torch.inference_mode():
-                points = self.network(x, labels)[0]
-        else:
-            generator = torch.Generator().manual_seed(int(params.get("seed", 0)))
-            points = self.network.sample(len(model_input), labels, generator)
-        return pd.DataFrame(points.numpy(), columns=["x1", "x2"])
+        options = {**DEFAULTS, **(params or {})}
+        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        mode = options["mode"]
+        if mode not in MODES:
+            raise invalid(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
+        if len(frame) == 0:
+            raise invalid("the input has no rows: send one row per point, each with at least one column (e.g. label)")
+        if len(frame) > MAX_ROWS:
+            raise invalid(f"the input has {len(frame)} rows; at most {MAX_ROWS} per request")
+        labels = self._labels(frame)
+        with torch.inference_mode():
+            if mode == "sample":
+                out = self._sample(len(frame), labels, options)
+            elif mode == "reconstruct":
+                out = self._reconstruct(points(frame), labels, options)
+            elif mode == "encode":
+                out = self._encode(points(frame), labels, options)
+            else:
+                out = self._traverse(len(frame), labels, options)
+        if labels is not None:  # traverse returns a block of rows per input row
+            out["label"] = labels.repeat_interleave(len(out) // len(frame)).numpy()
+        return out
+
+    def _labels(self, frame: pd.DataFrame) -> torch.Tensor | None:
+        """The label column as int64, required by the CVAE; None when absent (VAE only)."""
+        if "label" not in frame:
+            if self.network.config.conditional:
+                raise invalid("the CVAE needs a 'label' column (0 or 1: the moon) in every row")
+            return None
+        values = pd.to_numeric(frame["label"], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+        bad = ~np.isin(values, (0, 1))
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise invalid(f"label must be 0 or 1 in every row; row {row} has {shown(frame['label'].iloc[row])}")
+        return torch.from_numpy(values.astype("int64"))
+
+    def _sample(self, n: int, labels: torch.Tensor | None, options: dict[str, Any]) -> pd.DataFrame:
+        source = options["source"]
+        if source not in SOURCES:
+            raise invalid(f"unknown source {source!r}: use posterior (the aggregate posterior) or prior (N(0, I))")
+        generator = make_generator(options["seed"])
+        if source == "prior":
+            x = self.network.sample(n, labels, generator)
+        else:  # the VAE ignores labels: its bank entries are drawn from both moons
+            y = labels if self.network.config.conditional else None
+            x = self.network.sample_posterior(self.bank, n, y, generator)
+        return xy_frame(x)
+
+    def _reconstruct(self, x: torch.Tensor, labels: torch.Tensor | None, options: dict[str, Any]) -> pd.DataFrame:
+        mean, logvar = self.network.encode(x, labels)
+        z = mean
+        if options["stochastic"]:  # as in training: z = mean + eps_w * eps * std
+            eps = torch.randn(mean.shape, generator=make_generator(options["seed"]))
+            z = mean + self.network.config.eps_w * eps * torch.exp(0.5 * logvar)
+        return xy_frame(self.network.decode(z, labels))
+
+    def _encode(self, x: torch.Tensor, labels: torch.Tensor | None, options: dict[str, Any]) -> pd.DataFrame:
+        mean, logvar = self.network.encode(x, labels)
+        out = pd.DataFrame(mean.numpy(), columns=[f"z{i}" for i in range(mean.shape[1])])
+        if options["logvar"]:
+            out[[f"logvar{i}" for i in range(logvar.shape[1])]] = logvar.numpy()
+        return out
+
+    def _traverse(self, n: int, labels: torch.Tensor | None, options: dict[str, Any]) -> pd.DataFrame:
+        """A sweep per dimension for each of the `n` input rows; the CVAE decodes each with its row's label."""
+        latent_dim = self.network.config.latent_dim
+        dim, steps = options["dim"], int(options["steps"])
+        if dim is not None and not 0 <= int(dim) < latent_dim:
+            raise invalid(f"dim must be between 0 and {latent_dim - 1} (the latent size is {latent_dim}), got {dim}")
+        if steps < 2:
+            raise invalid(f"steps must be at least 2 (min and max), got {steps}")
+        dims = range(latent_dim) if dim is None else [int(dim)]
+        n_out = n * len(dims) * steps
+        if n_out > MAX_ROWS:
+            raise invalid(
+                f"traverse would return {n_out} rows (rows x dims x steps); at most {MAX_ROWS}: "
+                "send fewer rows, fewer steps or one dim"
+            )
+        sweep = torch.cat([traversal_latents(self.reference, d, steps) for d in dims])
+        y = labels.repeat_interleave(len(sweep)) if labels is not None else None
+        x = self.network.decode(sweep.repeat(n, 1), y)
+        swept_dim = torch.tensor(dims).repeat_interleave(steps)
+        out = pd.DataFrame(
+            {
+                "dim": swept_dim.repeat(n).numpy(),
+                "step": torch.arange(steps).repeat(len(dims) * n).numpy(),
+                "value": sweep[torch.arange(len(sweep)), swept_dim].repeat(n).numpy(),
+            }
+        )
+        out[["x1", "x2"]] = x.numpy()
+        return out
+
+
+def points(frame: pd.DataFrame) -> torch.Tensor:
+    """Columns x1, x2 as an N x 2 float32 tensor; every value must be a finite number."""
+    missing = [column for column in ("x1", "x2") if column not in frame]
+    if missing:
+        raise invalid(f"missing column(s) {', '.join(missing)}: this mode needs x1 and x2")
+    for column in ("x1", "x2"):
+        values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+        bad = ~np.isfinite(values)
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise invalid(
+                f"{column} must be a finite number in every row; row {row} has {shown(frame[column].iloc[row])}"
+            )
+    return torch.tensor(frame[["x1", "x2"]].to_numpy(dtype="float32"))
+
+
+def shown(value: Any) -> str:
+    """A cell as users wrote it: 7, nan or 'abc' (not np.int64(7))."""
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
+def xy_frame(x: torch.Tensor) -> pd.DataFrame:
+    return pd.DataFrame(x.numpy(), columns=["x1", "x2"])
+
+
+def make_generator(seed: int | None) -> torch.Generator:
+    """Seeded for reproducible draws; without a seed, fresh ones on every call."""
+    generator = torch.Generator()
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(int(seed))
+    return generator
 
 
 def signature() -> ModelSignature:
+    """Inputs and params; outputs differ per mode (see DESCRIPTION), so none are declared."""
     inputs = Schema(
         [
             ColSpec("double", "x1", required=False),
@@ -70,24 +257,40 @@ def signature() -> ModelSignature:
             ColSpec("long", "label", required=False),
         ]
     )
-    outputs = Schema([ColSpec("double", "x1"), ColSpec("double", "x2")])
-    params = ParamSchema([ParamSpec("mode", "string", "sample"), ParamSpec("seed", "long", 0)])
-    return ModelSignature(inputs=inputs, outputs=outputs, params=params)
+    return ModelSignature(inputs=inputs, params=PARAMS)
+
+
+def input_example(train: Split) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Two training points, one per moon: valid input for every mode, for both models."""
+    rows = [int((train.y == label).nonzero()[0]) for label in (0, 1)]
+    frame = pd.DataFrame(train.x[rows].double().numpy(), columns=["x1", "x2"])
+    frame["label"] = train.y[rows].numpy()
+    return frame, {"mode": "sample", "seed": 0}
 
 
 def log_model(run_id: str, network: VAE, config: RunConfig, train: Split, name: str = "model") -> ModelInfo:
-    """Log the network to the run as a pyfunc model (no active run needed: trials run in threads)."""
+    """Log the network, its training latents and config to the run (no active run needed: trials run in threads)."""
+    bank = latent_bank(network, train.x, train.y)
+    latents = {"mean": bank.mean, "logvar": bank.logvar, "y": bank.y, "reference": traversal_reference(bank.mean)}
     with tempfile.TemporaryDirectory() as tmp:
-        weights_path, config_path = Path(tmp) / "weights.pt", Path(tmp) / "config.json"
-        torch.save(network.state_dict(), weights_path)
-        config_path.write_text(json.dumps(config.to_dict(), indent=2))
+        files = {
+            WEIGHTS: Path(tmp) / "weights.pt",
+            CONFIG: Path(tmp) / "config.json",
+            LATENTS: Path(tmp) / "latents.pt",
+        }
+        torch.save(network.state_dict(), files[WEIGHTS])
+        files[CONFIG].write_text(json.dumps(config.to_dict(), indent=2))
+        torch.save(latents, files[LATENTS])
         return Model.log(
             artifact_path=None,
             name=name,
             flavor=mlflow.pyfunc,
             run_id=run_id,
-            python_model=MoonVAEModel(),
-            artifacts={WEIGHTS: str(weights_path), CONFIG: str(config_path)},
+            python_model=str(MODEL_CODE),
+            code_paths=[str(PACKAGE_DIR)],
+            artifacts={key: str(path) for key, path in files.items()},
             signature=signature(),
+            input_example=input_example(train),
             pip_requirements=PIP_REQUIREMENTS,
+            metadata={"description": DESCRIPTION, "model": config.model.model},
         )

@@ -208,7 +208,9 @@ def register_model(
     """Register a logged model as a new version of `name`, optionally moving `alias` to it; returns the version.
 
     The version keeps the run it came from and the logged model's id, so the UI links all three.
+    A new registered model takes `description`, or else the one the logged model carries in its metadata.
     """
+    description = description or (model_info.metadata or {}).get("description")
     try:
         mlflow_client.get_registered_model(name)
     except mlflow.exceptions.MlflowException:

@@ -1,0 +1,126 @@
+"""`mlflow models serve` on the registered CVAE: JSON in, predictions out, 400 for bad input, still serving after."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import subprocess_env
+from trained import tracking_store, train_and_register
+
+from moonvae.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+
+CONFIG = RunConfig(  # serving is under test, not sample quality: the smallest model that trains
+    data=DataConfig(n_samples=400),
+    model=ModelConfig(model="cvae", latent_dim=4, decoder_hidden=(16,)),
+    train=TrainConfig(max_epochs=10),
+)
+READY_SECONDS = 120  # ~4 s on an idle machine; generous for a busy CI runner
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def post(url: str, body: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def wait_until_ready(url: str, server: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + READY_SECONDS
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"mlflow models serve exited with {server.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    pytest.fail(f"mlflow models serve not ready after {READY_SECONDS} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The registered CVAE served on a free loopback port; the server's process group is always stopped."""
+    folder = tmp_path_factory.mktemp("serve")
+    with tracking_store(folder) as client:
+        train_and_register(client, CONFIG, "moonvae-cvae")
+    port = free_port()
+    log = folder / "serve.log"
+    with log.open("w") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/moonvae-cvae@champion"]
+            + ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+            cwd=folder,
+            env=subprocess_env(folder),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so the uvicorn workers stop with it
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until_ready(url, process, log)
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def invoke(url: str, columns: list[str], rows: list[list], **params) -> tuple[int, dict]:
+    return post(f"{url}/invocations", {"dataframe_split": {"columns": columns, "data": rows}, "params": params})
+
+
+def test_sample_over_http_is_seeded(server):
+    status, body = invoke(server, ["label"], [[0], [1], [1]], mode="sample", seed=7)
+    assert status == 200, body
+    predictions = body["predictions"]
+    assert [row["label"] for row in predictions] == [0, 1, 1]
+    assert all(set(row) == {"x1", "x2", "label"} for row in predictions)
+    assert invoke(server, ["label"], [[0], [1], [1]], mode="sample", seed=7)[1] == body
+    assert invoke(server, ["label"], [[0], [1], [1]], mode="sample", seed=8)[1] != body
+
+
+def test_reconstruct_over_http(server):
+    status, body = invoke(server, ["x1", "x2", "label"], [[0.0, 1.0, 0], [1.0, -0.5, 1]], mode="reconstruct")
+    assert status == 200, body
+    assert len(body["predictions"]) == 2
+    assert all(abs(row["x1"]) < 10 and abs(row["x2"]) < 10 for row in body["predictions"])
+
+
+@pytest.mark.parametrize(
+    ("columns", "rows", "params", "message"),
+    [
+        (["label"], [[0], [7]], {}, "label must be 0 or 1 in every row; row 1 has 7"),
+        (["label"], [[0]], {"mode": "dream"}, "unknown mode 'dream'"),
+        (["x1", "x2", "label"], [[None, 1.0, 0]], {"mode": "reconstruct"}, "x1 must be a finite number"),
+        (["label"], [[0]], {"mode": "traverse", "steps": 1}, "steps must be at least 2"),
+    ],
+)
+def test_bad_requests_get_400_and_the_server_keeps_serving(server, columns, rows, params, message):
+    status, body = invoke(server, columns, rows, **params)
+    assert status == 400, body
+    assert body["error_code"] == "INVALID_PARAMETER_VALUE" and message in body["message"]
+    assert invoke(server, ["label"], [[1]], seed=0)[0] == 200
