@@ -25,7 +25,7 @@ from mlflow.tracking import MlflowClient
 from moonvae import data as moons
 from moonvae import evaluate, findings, plots, report, tracking
 from moonvae.config import DataConfig, RunConfig
-from moonvae.models import VAE, LatentBank, latent_bank, traversal_latents
+from moonvae.models import VAE, LatentBank, traversal_latents
 
 KINDS = ("vae", "cvae")
 DEFAULT_MODELS = {kind: f"models:/moonvae-{kind}@champion" for kind in KINDS}
@@ -49,7 +49,7 @@ class Subject:
     reference: str  # what the user gave: a model URI or a run id
     network: VAE
     config: RunConfig
-    bank: LatentBank  # q(z|x) of the training split
+    bank: LatentBank  # q(z|x) of the training split, stored with the model
     data: moons.MoonsData
     run_id: str | None  # the run that logged the model, for its training curves
 
@@ -71,9 +71,9 @@ def load_subject(kind: str, reference: str, cache_dir: Path = moons.DEFAULT_CACH
     network, config = python_model.network, python_model.config
     if config.model.model != kind:
         raise AnalyseError(f"{reference!r} is a {config.model.model} model, not a {kind}")
-    data = moons.load(config.data, cache_dir)
-    bank = getattr(python_model, "bank", None) or latent_bank(network.eval(), data.train.x, data.train.y)
-    return Subject(kind, reference, network.eval(), config, bank, data, run_id)
+    return Subject(
+        kind, reference, network.eval(), config, python_model.bank, moons.load(config.data, cache_dir), run_id
+    )
 
 
 def traversal_paths(
