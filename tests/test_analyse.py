@@ -5,6 +5,8 @@ import subprocess
 import sys
 from dataclasses import replace
 
+import nbclient
+import nbformat
 import pytest
 from browser import dump_dom
 from conftest import ROOT, subprocess_env
@@ -156,3 +158,20 @@ def test_mlflow_run_analyse_entry_point(registry):
     assert set(run.data.metrics) >= EXPECTED_METRICS
     assert "report.html" in {a.path for a in client.list_artifacts(run.info.run_id)}
     assert (root / "entry" / "report.html").exists()
+
+
+@pytest.mark.slow
+def test_report_notebook_runs_on_the_registered_models(registry, monkeypatch):
+    root, _ = registry
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    monkeypatch.setenv("MOONVAE_N_EVAL", "300")
+    monkeypatch.setenv("MOONVAE_RENDERER", "json")  # figures as plain JSON outputs, no plotly.js per cell
+    notebook = nbformat.read(ROOT / "notebooks" / "report.ipynb", as_version=4)
+    nbclient.NotebookClient(notebook, timeout=600, resources={"metadata": {"path": str(root)}}).execute()
+    outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
+    assert not [output for output in outputs if output.output_type == "error"]
+    figures = [output for output in outputs if "application/json" in output.get("data", {})]
+    assert len(figures) >= 8 + 4
+    text = "".join(output.get("text", "") + str(output.get("data", {}).get("text/plain", "")) for output in outputs)
+    assert "cvae_posterior_conditional_accuracy" in text
+    assert "moonvae-vae-basic" in text and "reproduced" in text
