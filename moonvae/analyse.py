@@ -359,7 +359,22 @@ def load_studies(storage: str | None, prefix: str = "moonvae") -> dict[str, find
 
 
 def metrics_table(metrics: Mapping[str, float]) -> pd.DataFrame:
+    """Flat: one row per logged metric, as in MLflow."""
     return pd.DataFrame({"metric": list(metrics), "value": [float(v) for v in metrics.values()]})
+
+
+def metrics_by_model(metrics: Mapping[str, float]) -> pd.DataFrame:
+    """One row per metric, one column per model, for reading side by side (shared metrics in every column)."""
+    rows: dict[str, dict[str, float]] = {}
+    for key, value in metrics.items():
+        kind, _, name = key.partition("_")
+        if kind in KINDS:
+            rows.setdefault(name, {})[kind] = float(value)
+    for key, value in metrics.items():
+        if key.partition("_")[0] not in KINDS:
+            rows[key] = {kind: float(value) for kind in KINDS if any(k.startswith(f"{kind}_") for k in metrics)}
+    frame = pd.DataFrame.from_dict(rows, orient="index").reset_index(names="metric")
+    return frame.astype(object).where(frame.notna(), "")
 
 
 INTRO = (
@@ -411,7 +426,7 @@ def analyse(
     result.figures += study_figures(studies)
     findings_table = findings.findings_frame(result.findings)
     tables = [
-        report.Table("Metrics", metrics_table(result.metrics)),
+        report.Table("Metrics", metrics_by_model(result.metrics), "Logged to the run as <model>_<metric>."),
         report.Table(
             "The study's findings, checked",
             findings_table,

@@ -46,6 +46,7 @@ def panels(named_points: dict[str, tuple[np.ndarray, np.ndarray]], title: str) -
     for col, (x, labels) in enumerate(named_points.values(), start=1):
         for trace in moon_traces(np.asarray(x), np.asarray(labels), show_legend=col == 1):
             figure.add_trace(trace, row=1, col=col)
+    figure.update_xaxes(matches="x")  # one scale for all panels, so samples compare with the data by eye
     figure.update_layout(title=title, height=400, width=380 * len(named_points), template=TEMPLATE)
     return figure
 
@@ -96,14 +97,14 @@ def paths_over_points(
 
     `named` maps a panel title to (points, labels, {latent dim: path as steps x 2}).
     """
-    figure = make_subplots(rows=1, cols=len(named), subplot_titles=list(named))
+    figure = make_subplots(rows=1, cols=len(named), subplot_titles=list(named), shared_yaxes=True)
     for col, (points, labels, paths) in enumerate(named.values(), start=1):
         for trace in moon_traces(np.asarray(points), np.asarray(labels), show_legend=col == 1, size=3):
             trace.marker.opacity = 0.25
             figure.add_trace(trace, row=1, col=col)
         for trace in _path_traces(paths, show_legend=col == 1):
             figure.add_trace(trace, row=1, col=col)
-    figure.update_layout(title=title, height=450, width=max(500, 420 * len(named)), template=TEMPLATE)
+    figure.update_layout(title=title, height=450, width=450 * len(named) + 150, template=TEMPLATE)
     return figure
 
 

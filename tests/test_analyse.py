@@ -175,3 +175,14 @@ def test_report_notebook_runs_on_the_registered_models(registry, monkeypatch):
     text = "".join(output.get("text", "") + str(output.get("data", {}).get("text/plain", "")) for output in outputs)
     assert "cvae_posterior_conditional_accuracy" in text
     assert "moonvae-vae-basic" in text and "reproduced" in text
+
+
+def test_metrics_read_side_by_side():
+    table = analyse.metrics_by_model(
+        {"vae_test_mse": 0.1, "cvae_test_mse": 0.2, "cvae_prior_conditional_accuracy": 0.6, "mmd_floor": 0.001}
+    )
+    assert table.to_dict("records") == [
+        {"metric": "test_mse", "vae": 0.1, "cvae": 0.2},
+        {"metric": "prior_conditional_accuracy", "vae": "", "cvae": 0.6},
+        {"metric": "mmd_floor", "vae": 0.001, "cvae": 0.001},
+    ]

@@ -24,6 +24,7 @@ def test_panels_put_each_moon_in_its_own_trace(moons):
     assert sum(len(trace.x) for trace in figure.data[:2]) == 200
     assert np.array_equal(figure.data[1].x, x[y == 1, 0])
     assert [trace.showlegend for trace in figure.data] == [True, True, False, False]
+    assert figure.layout.xaxis2.matches == "x"  # one scale: samples compare with the data by eye
 
 
 def test_data_grid_has_a_panel_per_size_and_noise(moons):
