@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -98,7 +99,7 @@ def traversal_paths(
     return top, {label: {dim: by_dim[dim] for dim in top} for label, by_dim in paths.items()}
 
 
-def fit_umap(latents: np.ndarray, seed: int):  # noqa: ANN201 (umap has no type stubs)
+def fit_umap(latents: np.ndarray, seed: int) -> Any:  # a umap.UMAP; imported late, it takes seconds
     """UMAP of the latent means as in the study; the first fit pays numba's JIT compilation (~10-20 s)."""
     import umap
 
