@@ -27,6 +27,7 @@ from moonvae import data as moons
 from moonvae import evaluate, findings, plots, report, tracking
 from moonvae.config import DataConfig, RunConfig
 from moonvae.models import VAE, LatentBank, traversal_latents
+from moonvae.train import evaluate as loss_terms
 
 KINDS = ("vae", "cvae")
 DEFAULT_MODELS = {kind: f"models:/moonvae-{kind}@champion" for kind in KINDS}
@@ -329,8 +330,51 @@ def default_storage() -> str | None:
     return f"sqlite:///{path}" if path.exists() else None
 
 
-def load_studies(storage: str | None, prefix: str = "moonvae") -> dict[str, findings.StudyTable]:
-    """The six studies that exist in `storage`, as tables of completed trials with fANOVA importances."""
+TRIAL_METRICS = ("test_mse", "test_kl", "best_val_mse")  # read from each trial's MLflow run
+RUN_ID_ATTR, MODEL_ID_ATTR = "mlflow_run_id", "mlflow_model_id"  # trial attributes the tuner sets
+
+
+def add_run_metrics(trials: pd.DataFrame, mlflow_client: MlflowClient) -> pd.DataFrame:
+    """Fill each trial's final metrics from its MLflow run (trials whose run is gone keep what they have)."""
+    if RUN_ID_ATTR not in trials:
+        return trials
+    trials = trials.copy()
+    for index, run_id in trials[RUN_ID_ATTR].items():
+        metrics = tracking.run_metrics(mlflow_client, run_id) if isinstance(run_id, str) else {}
+        for key in TRIAL_METRICS:
+            if key in metrics:
+                trials.loc[index, key] = metrics[key]
+    return trials
+
+
+def add_train_mse(trials: pd.DataFrame, cache_dir: Path = moons.DEFAULT_CACHE_DIR) -> pd.DataFrame:
+    """Each trial's MSE on its own training split, from its logged model: over-fitting is test minus train."""
+    if MODEL_ID_ATTR not in trials:
+        return trials
+    trials = trials.copy()
+    for index, model_id in trials[MODEL_ID_ATTR].items():
+        if not isinstance(model_id, str):
+            continue
+        try:
+            python_model, _ = tracking.load_python_model(f"models:/{model_id}")
+        except Exception:  # a deleted model: this trial simply has no train MSE
+            continue
+        split = moons.load(python_model.config.data, cache_dir).train
+        trials.loc[index, "train_mse"] = loss_terms(python_model.network.eval(), split).mse.item()
+    return trials
+
+
+def load_studies(
+    storage: str | None,
+    prefix: str = "moonvae",
+    mlflow_client: MlflowClient | None = None,
+    cache_dir: Path = moons.DEFAULT_CACHE_DIR,
+) -> dict[str, findings.StudyTable]:
+    """The six studies that exist in `storage`: completed trials with their runs' metrics, fANOVA importances.
+
+    With a client, each trial's test MSE/KL come from its MLflow run, and the data
+    studies' trials get their training-split MSE from their logged models (finding 6).
+    """
     if not storage:
         return {}
     import optuna
@@ -345,6 +389,10 @@ def load_studies(storage: str | None, prefix: str = "moonvae") -> dict[str, find
                 continue
             study = optuna.load_study(study_name=name, storage=storage)
             trials = findings.trials_frame(study.get_trials(deepcopy=False))
+            if mlflow_client is not None:
+                trials = add_run_metrics(trials, mlflow_client)
+                if space == "data":
+                    trials = add_train_mse(trials, cache_dir)
             importances: dict[str, float] = {}
             if len(trials) >= 2:
                 try:
@@ -422,7 +470,7 @@ def analyse(
     metrics, figures, latent_accuracy = analyse_models(subjects, mlflow_client, n_eval, seed)
     result.metrics, result.figures = metrics, result.figures + figures
     progress(f"reading studies from {storage}" if storage else "no Optuna storage: findings need `tune` first")
-    studies = load_studies(storage, study_prefix)
+    studies = load_studies(storage, study_prefix, mlflow_client)
     result.findings = findings.all_findings(studies, latent_accuracy)
     result.figures += study_figures(studies)
     findings_table = findings.findings_frame(result.findings)

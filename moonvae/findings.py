@@ -49,15 +49,16 @@ def study_name(model: str, space: str, prefix: str = "moonvae") -> str:
 
 
 def trials_frame(trials: list[object]) -> pd.DataFrame:
-    """Completed trials (Optuna `FrozenTrial`s or alike) as rows: params, `value`, numeric user attributes."""
+    """Completed trials (Optuna `FrozenTrial`s or alike) as rows: params, `value`, plain user attributes."""
     rows = []
     for trial in trials:
         if getattr(trial.state, "name", str(trial.state)) != "COMPLETE" or trial.value is None:
             continue
-        metrics = {key: value for key, value in trial.user_attrs.items() if isinstance(value, (int, float))}
+        metrics = {key: value for key, value in trial.user_attrs.items() if isinstance(value, (int, float, str))}
         rows.append({**metrics, **trial.params, "value": float(trial.value), "number": trial.number})
     frame = pd.DataFrame(rows)
-    for column in frame.columns:  # widths stored as strings ("8") compare as numbers
+    params = {name for trial in trials for name in trial.params}
+    for column in params & set(frame.columns):  # widths stored as strings ("8") compare as numbers
         converted = pd.to_numeric(frame[column], errors="coerce")
         if converted.notna().all():
             frame[column] = converted

@@ -192,6 +192,14 @@ def metric_histories(
     return histories
 
 
+def run_metrics(mlflow_client: MlflowClient, run_id: str) -> dict[str, float]:
+    """A run's latest metric values; empty when the run no longer exists."""
+    try:
+        return dict(mlflow_client.get_run(run_id).data.metrics)
+    except mlflow.exceptions.MlflowException:
+        return {}
+
+
 def log_artifact(mlflow_client: MlflowClient, run_id: str, path: Path, artifact_path: str | None = None) -> None:
     mlflow_client.log_artifact(run_id, str(path), artifact_path)
 

@@ -16,6 +16,7 @@ from studies import write_studies
 from moonvae import analyse, tracking
 from moonvae.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from moonvae.experiment import run_training
+from moonvae.train import evaluate
 
 # the metrics the issue names, and the rest of the family
 EXPECTED_METRICS = {
@@ -186,3 +187,29 @@ def test_metrics_read_side_by_side():
         {"metric": "prior_conditional_accuracy", "vae": "", "cvae": 0.6},
         {"metric": "mmd_floor", "vae": 0.001, "cvae": 0.001},
     ]
+
+
+def test_trials_take_metrics_from_their_runs_and_train_mse_from_their_models(workdir, small_config):
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+    from optuna.trial import create_trial
+
+    client = tracking.client()
+    config = replace(small_config, model=ModelConfig(model="cvae", latent_dim=4), train=TrainConfig(max_epochs=5))
+    with tracking.run(client, "trial") as run_id:
+        outcome = run_training(config, client, run_id)
+    storage = f"sqlite:///{workdir / 'optuna.db'}"
+    study = optuna.create_study(study_name="moonvae-cvae-data", storage=storage)
+    distributions = {"n_samples": CategoricalDistribution((400, 800)), "noise": CategoricalDistribution((0.15,))}
+    for attrs in (
+        {"mlflow_run_id": run_id, "mlflow_model_id": outcome.model_info.model_id},
+        {"mlflow_run_id": "0" * 32, "mlflow_model_id": "m-gone"},  # deleted since: no metrics, no error
+    ):
+        params = {"n_samples": 400, "noise": 0.15}
+        study.add_trial(create_trial(params=params, distributions=distributions, value=0.1, user_attrs=attrs))
+    trials = analyse.load_studies(storage, mlflow_client=client)["moonvae-cvae-data"].trials
+    assert trials.loc[0, "test_mse"] == pytest.approx(outcome.test.mse.item())
+    assert trials.loc[0, "test_kl"] == pytest.approx(outcome.test.kl.item())
+    assert trials.loc[0, "train_mse"] == pytest.approx(evaluate(outcome.network, outcome.data.train).mse.item())
+    assert trials.loc[0, "mlflow_run_id"] == run_id  # ids stay strings
+    assert trials[["test_mse", "train_mse"]].iloc[1].isna().all()
