@@ -38,6 +38,7 @@ format: install
 bench: install
 	$(BIN)/python bench/train_speed.py
 	$(BIN)/python bench/tune_speed.py
+	$(BIN)/python bench/analyse_speed.py
 
 clean:
 	rm -rf $(VENV) mlflow.db mlruns data optuna.db

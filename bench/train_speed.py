@@ -36,6 +36,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=200)
     args = parser.parse_args()
+    torch.set_num_threads(1)  # as `moonvae train` and `moonvae tune` train
     config = RunConfig()
     config = replace(config, train=replace(config.train, max_epochs=args.epochs, patience=args.epochs))
     with tempfile.TemporaryDirectory() as tmp:

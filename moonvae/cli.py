@@ -11,14 +11,19 @@ import os
 import sys
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
 from mlflow.entities import RunStatus
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
 from moonvae import tracking
+from moonvae.analyse import DEFAULT_MODELS, AnalyseError, default_storage, load_subjects
+from moonvae.analyse import analyse as run_analysis
 from moonvae.config import ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig
-from moonvae.train import EpochMetrics, TrainingDiverged
+from moonvae.evaluate import N_EVAL
+from moonvae.train import EpochMetrics, TrainingDiverged, one_torch_thread
 
 EPOCH_LINE_EVERY = 25  # print one console line per this many epochs
 CHAMPION = "champion"  # the alias users load: models:/NAME@champion
@@ -143,7 +148,10 @@ def train(register: str, **values: Any) -> None:
     mlflow_client = tracking.client()
     resume = os.environ.get("MLFLOW_RUN_ID")
     try:
-        with tracking.run(mlflow_client, f"train-{config.model.model}", resume_run_id=resume) as run_id:
+        with (
+            one_torch_thread(),
+            tracking.run(mlflow_client, f"train-{config.model.model}", resume_run_id=resume) as run_id,
+        ):
             click.echo(f"run {run_id} on {tracking.tracking_uri()}")
             outcome = run_training(config, mlflow_client, run_id, on_epoch=print_epoch)
             if name:
@@ -226,13 +234,44 @@ def tune(
             click.echo(f"  registered {name} version {version} as @{alias}: models:/{name}@{alias}")
 
 
-def _not_yet(name: str) -> Callable[..., None]:
-    def command(**_: Any) -> None:
-        fail(f"'{name}' is not yet available", code=1)
-
-    return command
-
-
-main.command(name="analyse", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})(
-    _not_yet("analyse")
+@main.command()
+@click.option("--vae", default=DEFAULT_MODELS["vae"], show_default=True, help="VAE model URI or run id; 'none' skips")
+@click.option(
+    "--cvae", default=DEFAULT_MODELS["cvae"], show_default=True, help="CVAE model URI or run id; 'none' skips"
 )
+@click.option("--output", type=click.Path(dir_okay=False), default="report.html", show_default=True)
+@click.option("--n-eval", type=int, default=N_EVAL, show_default=True, help="points per sample for the metrics")
+@click.option("--seed", type=int, default=0, show_default=True, help="seed of the samples, classifiers and UMAP")
+@click.option("--storage", default="", help="Optuna storage of the studies [default: optuna.db beside mlflow.db]")
+@click.option("--study-prefix", default="moonvae", show_default=True, help="studies are PREFIX-{vae,cvae}-{space}")
+def analyse(vae: str, cvae: str, output: str, n_eval: int, seed: int, storage: str, study_prefix: str) -> None:
+    """Measure the registered models, check the study's findings, write report.html; one MLflow run `analyse`."""
+    references = {kind: ref for kind, ref in (("vae", vae), ("cvae", cvae)) if ref.strip().lower() != "none"}
+    if not references:
+        fail("nothing to analyse: both --vae and --cvae are 'none'")
+    if n_eval < 100:
+        fail(f"n_eval must be an integer >= 100, got {n_eval}")
+    if seed < 0:
+        fail(f"seed must be an integer >= 0, got {seed}")
+    mlflow_client = tracking.client()
+    try:
+        subjects = load_subjects(references)
+    except AnalyseError as error:
+        fail(str(error))
+    resume = os.environ.get("MLFLOW_RUN_ID")
+    with tracking.run(mlflow_client, "analyse", resume_run_id=resume, tags={MLFLOW_RUN_NAME: "analyse"}) as run_id:
+        click.echo(f"run {run_id} on {tracking.tracking_uri()}")
+        result = run_analysis(
+            subjects,
+            Path(output),
+            mlflow_client=mlflow_client,
+            run_id=run_id,
+            storage=storage or default_storage(),
+            study_prefix=study_prefix,
+            n_eval=n_eval,
+            seed=seed,
+            progress=click.echo,
+        )
+    for finding in result.findings:
+        click.echo(f"finding {finding.number}: {finding.verdict}")
+    click.echo(f"done: {len(result.metrics)} metrics, {len(result.figures)} figures in {output}")

@@ -20,13 +20,12 @@ import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
-import torch
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
@@ -40,7 +39,7 @@ from tqdm import tqdm
 from moonvae import tracking
 from moonvae.config import MODELS, ConfigError, RunConfig
 from moonvae.experiment import run_training
-from moonvae.train import EpochMetrics
+from moonvae.train import EpochMetrics, one_torch_thread
 
 PRUNERS = ("median", "hyperband", "none")
 REPORT_EVERY = 10  # epochs between reports to the pruner: each report is a storage write (~4 ms on sqlite)
@@ -674,17 +673,28 @@ def _register(site: _Worksite, best: FrozenTrial) -> tuple[str, str, str] | None
     return name, version, alias
 
 
-@contextmanager
-def one_torch_thread() -> Iterator[None]:
-    """Train each trial on one thread; parallelism comes from n_jobs workers.
+def read_studies(storage: str, names: list[str]) -> dict[str, tuple[list[FrozenTrial], dict[str, float]]]:
+    """The named studies that exist in `storage`: their trials and fANOVA parameter importances.
 
-    These models are too small for intra-op threads to pay: on this 2-core machine
-    two torch threads per fit ran 6 to 60 times slower than one when other work
-    shared the cores (bench/tune_speed.py).
+    Read-only, for the analysis. Importances are empty where Optuna cannot compute
+    them (fewer than two complete trials, or a parameter that never varied).
     """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    existing = set(optuna.study.get_all_study_names(storage=storage))
+    studies = {}
+    for name in names:
+        if name not in existing:
+            continue
+        study = optuna.load_study(study_name=name, storage=storage)
+        importances: dict[str, float] = {}
+        if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) >= 2:
+            try:
+                importances = dict(
+                    optuna.importance.get_param_importances(
+                        study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)
+                    )
+                )
+            except (RuntimeError, ValueError):
+                importances = {}
+        studies[name] = (study.get_trials(deepcopy=False), importances)
+    return studies

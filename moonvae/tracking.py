@@ -179,6 +179,45 @@ def log_text(mlflow_client: MlflowClient, run_id: str, text: str, artifact_file:
     mlflow_client.log_text(run_id, text, artifact_file)
 
 
+RUN_ID_LENGTH = 32  # MLflow run ids are 32 hex digits
+
+
+def model_uri(reference: str) -> str:
+    """A model URI as given (`models:/...`, `runs:/...`, a path), or a bare run id -> its logged `model`."""
+    is_run_id = len(reference) == RUN_ID_LENGTH and all(c in "0123456789abcdef" for c in reference)
+    return f"runs:/{reference}/model" if is_run_id else reference
+
+
+def load_python_model(reference: str) -> tuple[Any, str | None]:
+    """Load a logged pyfunc model (URI or run id): its Python model object and the run that logged it."""
+    model = mlflow.pyfunc.load_model(model_uri(reference))
+    return model.unwrap_python_model(), model.metadata.run_id
+
+
+def metric_histories(
+    mlflow_client: MlflowClient, run_id: str, keys: tuple[str, ...]
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Each metric's (steps, values) in step order; metrics the run never logged are left out."""
+    histories = {}
+    for key in keys:
+        points = sorted(mlflow_client.get_metric_history(run_id, key), key=lambda point: point.step)
+        if points:
+            histories[key] = (np.array([p.step for p in points]), np.array([p.value for p in points]))
+    return histories
+
+
+def run_metrics(mlflow_client: MlflowClient, run_id: str) -> dict[str, float]:
+    """A run's latest metric values; empty when the run no longer exists."""
+    try:
+        return dict(mlflow_client.get_run(run_id).data.metrics)
+    except mlflow.exceptions.MlflowException:
+        return {}
+
+
+def log_artifact(mlflow_client: MlflowClient, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+    mlflow_client.log_artifact(run_id, str(path), artifact_path)
+
+
 def register_model(
     mlflow_client: MlflowClient,
     model_info: ModelInfo,

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -119,3 +120,19 @@ def fit(
     model.load_state_dict(best_state)
     model.eval()
     return result
+
+
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Train on one torch thread; parallelism, where wanted, comes from several trials at once.
+
+    These models are too small for intra-op threads to pay: on a 2-core machine
+    two torch threads per fit ran 6 to 60 times slower than one when other work
+    shared the cores (bench/tune_speed.py).
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -152,7 +152,7 @@ def test_resume_runs_only_the_missing_trials_and_registers_the_best(client):
     assert registered.tags["moonvae.trial"] == str(study.best_trial.number)
     assert float(registered.tags["best_val_mse"]) == pytest.approx(study.best_value)
     model = mlflow.pyfunc.load_model("models:/moonvae-vae@champion")
-    assert model.predict(pd.DataFrame({"label": [0, 1]})).shape == (2, 2)
+    assert list(model.predict(pd.DataFrame({"label": [0, 1]})).columns) == ["x1", "x2", "label"]
 
     versions = len(client.search_model_versions("name='moonvae-vae'"))
     (third,) = tune(n_trials=3)  # nothing missing: no trial, no new version
@@ -330,7 +330,7 @@ def test_mlflow_run_tune_resumes_one_study_and_registers_both_champions(workdir,
     assert "registered moonvae-cvae version 1 as @champion" in done.stdout
     for model in ("vae", "cvae"):
         loaded = mlflow.pyfunc.load_model(f"models:/moonvae-{model}@champion")
-        assert loaded.predict(pd.DataFrame({"label": [0, 1, 1]})).shape == (3, 2)
+        assert loaded.predict(pd.DataFrame({"label": [0, 1, 1]})).shape == (3, 3)  # x1, x2, label
     assert {run.info.status for run in all_runs(client)} == {"FINISHED"}
 
 

@@ -7,12 +7,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import torch
 from mlflow.tracking import MlflowClient
 
 from moonvae import tracking
 from moonvae.config import RunConfig
 from moonvae.experiment import Outcome, run_training
+from moonvae.train import one_torch_thread
 
 
 @contextmanager
@@ -29,20 +29,9 @@ def tracking_store(path: Path) -> Iterator[MlflowClient]:
         yield tracking.client()
 
 
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """Tiny models train fastest on one thread; on a busy 2-core machine two threads measured up to 20x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def train_and_register(client: MlflowClient, config: RunConfig, name: str) -> tuple[str, Outcome]:
     """Train `config` in a run, log the model, register it as `name` with alias champion; returns the run id."""
-    with one_thread(), tracking.run(client, f"train-{name}") as run_id:
+    with one_torch_thread(), tracking.run(client, f"train-{name}") as run_id:
         outcome = run_training(config, client, run_id, cache_dir=Path("data"))
     tracking.register_model(client, outcome.model_info, name)
     return run_id, outcome
