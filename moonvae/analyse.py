@@ -274,11 +274,7 @@ def study_figures(studies: Mapping[str, findings.StudyTable]) -> list[report.Fig
                 "Finding 2: do both have to grow together?",
             )
         )
-    data = {
-        name: table.trials
-        for name in (findings.study_name(m, "data") for m in KINDS)
-        if (table := studies.get(name)) is not None and not table.trials.empty
-    }
+    data = _trials_of_space(studies, "data")
     if data:
         figures.append(
             report.Figure(
@@ -293,11 +289,7 @@ def study_figures(studies: Mapping[str, findings.StudyTable]) -> list[report.Fig
                 "Findings 6-7.",
             )
         )
-    probabilistic = {
-        name: table.trials
-        for name in (findings.study_name(m, "probabilistic") for m in KINDS)
-        if (table := studies.get(name)) is not None and not table.trials.empty
-    }
+    probabilistic = _trials_of_space(studies, "probabilistic")
     for metric in ("value", "test_kl"):
         named = {
             name: (trials["eps_w"].to_numpy(), trials["beta"].to_numpy(), trials[metric].to_numpy())
@@ -314,6 +306,15 @@ def study_figures(studies: Mapping[str, findings.StudyTable]) -> list[report.Fig
                 )
             )
     return figures
+
+
+def _trials_of_space(studies: Mapping[str, findings.StudyTable], space: str) -> dict[str, pd.DataFrame]:
+    """Each model's trials in `space`, by study name, for the studies that have any."""
+    return {
+        name: table.trials
+        for name in (findings.study_name(model, space) for model in KINDS)
+        if (table := studies.get(name)) is not None and not table.trials.empty
+    }
 
 
 def _pivot(trials: pd.DataFrame, columns: str, rows: str) -> tuple[list, list, np.ndarray]:
