@@ -177,7 +177,12 @@ def train(register: str, **values: Any) -> None:
 @click.option("--storage", default="auto", show_default=True, help="Optuna RDB URL; auto: optuna.db beside mlflow.db")
 @click.option("--n-jobs", "--n_jobs", "n_jobs", type=int, default=1, show_default=True, help="parallel trials")
 @click.option("--timeout", type=float, default=0, show_default=True, help="seconds, then no new trial starts; 0: none")
-@click.option("--pruner", default="median", show_default=True, help="median, hyperband or none")
+@click.option(
+    "--pruner",
+    default="auto",
+    show_default=True,
+    help="auto (median for basic, none otherwise), median, hyperband, none",
+)
 @fixed_training_options
 def tune(
     model: str,

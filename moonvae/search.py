@@ -41,7 +41,7 @@ from moonvae.config import MODELS, ConfigError, RunConfig
 from moonvae.experiment import run_training
 from moonvae.train import EpochMetrics, one_torch_thread
 
-PRUNERS = ("median", "hyperband", "none")
+PRUNERS = ("auto", "median", "hyperband", "none")  # auto: the space's own default
 REPORT_EVERY = 10  # epochs between reports to the pruner: each report is a storage write (~4 ms on sqlite)
 PRUNE_AFTER_EPOCHS = 50  # no pruning before this epoch: early curves rank trials poorly
 MEDIAN_STARTUP_TRIALS = 5  # finished trials the median pruner needs before it prunes
@@ -67,6 +67,9 @@ class Space:
     sampler: str  # tpe, grid or random
     distributions: dict[str, BaseDistribution]
     grid: dict[str, tuple[Any, ...]] | None = None  # grid spaces: every combination once
+    # The basic space looks for the best model, so hopeless trials may stop early; the others measure a
+    # factor's effect across its whole range, and pruning would censor the very region under study.
+    pruner: str = "none"
 
     @property
     def size(self) -> int | None:
@@ -98,6 +101,7 @@ SPACES = {
             "latent_dim": CategoricalDistribution(WIDTHS),
             "decoder_hidden": CategoricalDistribution(WIDTHS),
         },
+        pruner="median",
     ),
     "data": _grid_space("data", {"n_samples": (200, 2000, 20000), "noise": (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)}),
     "probabilistic": Space(
@@ -231,7 +235,7 @@ def plan(
     storage: str | None = None,
     n_jobs: int = 1,
     timeout: float | None = None,
-    pruner: str = "median",
+    pruner: str = "auto",
     fixed: dict[str, Any] | None = None,
 ) -> Plan:
     """Validate every input, open the storage and check or create the studies.
@@ -280,7 +284,7 @@ def plan(
         storage=opened,
         n_jobs=n_jobs,
         timeout=timeout,
-        pruner=pruner,
+        pruner=search_space.pruner if pruner == "auto" else pruner,
         seed=base.train.seed,
         max_epochs=base.train.max_epochs,
         targets=targets,

@@ -77,6 +77,12 @@ def test_names_and_default_storage(workdir):
     assert search.redact("postgresql+psycopg2://me:secret@db/optuna") == "postgresql+psycopg2://me:***@db/optuna"
 
 
+@pytest.mark.parametrize(("space", "pruner"), [("basic", "median"), ("data", "none"), ("probabilistic", "none")])
+def test_auto_pruner_prunes_only_the_search_for_the_best(workdir, space, pruner):
+    assert search.plan("vae", space).pruner == pruner
+    assert search.plan("vae", space, study_base=f"{space}-2", pruner="hyperband").pruner == "hyperband"
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
@@ -84,7 +90,7 @@ def test_names_and_default_storage(workdir):
         ({"model": "gan"}, "model must be one of vae, cvae, both, got 'gan'"),
         ({"n_trials": 0}, "n_trials must be an integer >= 1"),
         ({"n_jobs": 0}, "n_jobs must be an integer >= 1"),
-        ({"pruner": "sometimes"}, "pruner must be one of median, hyperband, none"),
+        ({"pruner": "sometimes"}, "pruner must be one of auto, median, hyperband, none"),
         ({"fixed": {"lr": 0.01}}, "lr is searched by the basic space"),
         ({"fixed": {"patience": 0}}, "patience must be an integer >= 1"),
         ({"fixed": {"latent": 3}}, "unknown parameter(s): latent"),
