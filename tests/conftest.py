@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -40,3 +41,16 @@ def subprocess_env(workdir: Path) -> dict[str, str]:
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{workdir / 'mlflow.db'}"
     env["PYTHONPATH"] = str(ROOT)
     return env
+
+
+def moonvae(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    """`python -m moonvae ARGS` as a user runs it, in `workdir` with its own tracking store."""
+    command = [sys.executable, "-m", "moonvae", *args]
+    return subprocess.run(command, cwd=workdir, env=subprocess_env(workdir), capture_output=True, text=True)
+
+
+def mlflow_run(workdir: Path, entry_point: str, *params: str) -> subprocess.CompletedProcess:
+    """`mlflow run <project> -e ENTRY_POINT --env-manager local -P PARAM ...` from `workdir`."""
+    args = [arg for param in params for arg in ("-P", param)]
+    command = [sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", entry_point, "--env-manager", "local", *args]
+    return subprocess.run(command, cwd=workdir, env=subprocess_env(workdir), capture_output=True, text=True)

@@ -1,15 +1,13 @@
 """`moonvae analyse` end to end: registered models and studies in, one `analyse` run and report.html out."""
 
 import re
-import subprocess
-import sys
 from dataclasses import replace
 
 import nbclient
 import nbformat
 import pytest
 from browser import dump_dom
-from conftest import ROOT, subprocess_env
+from conftest import ROOT, mlflow_run, moonvae
 from mlflow.tracking import MlflowClient
 from studies import write_studies
 
@@ -53,16 +51,6 @@ def registry(tmp_path_factory):
     return root, run_ids
 
 
-def moonvae(workdir, *args):
-    return subprocess.run(
-        [sys.executable, "-m", "moonvae", "analyse", *args],
-        cwd=workdir,
-        env=subprocess_env(workdir),
-        capture_output=True,
-        text=True,
-    )
-
-
 def analyse_runs(workdir):
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     return client, [run for run in client.search_runs(["0"]) if run.info.run_name == "analyse"]
@@ -72,7 +60,7 @@ def analyse_runs(workdir):
 def test_analyse_logs_metrics_findings_and_a_report_that_renders(registry):
     root, run_ids = registry
     # the VAE by run id, the CVAE by its registered alias (the default)
-    done = moonvae(root, "--vae", run_ids["vae"], "--n-eval", "400", "--output", "out/report.html")
+    done = moonvae(root, "analyse", "--vae", run_ids["vae"], "--n-eval", "400", "--output", "out/report.html")
     assert done.returncode == 0, done.stderr[-3000:]
     client, (run,) = analyse_runs(root)
     assert run.info.status == "FINISHED"
@@ -117,7 +105,7 @@ def test_a_model_of_the_wrong_kind_is_refused(workdir, small_config):
 
 
 def test_missing_champion_is_one_line_and_no_run_stays_running(workdir):
-    done = moonvae(workdir)
+    done = moonvae(workdir, "analyse")
     assert done.returncode == 2
     ours = [line for line in done.stderr.splitlines() if line.startswith("moonvae:")]
     assert ours == [done.stderr.strip().splitlines()[-1]]
@@ -134,7 +122,7 @@ def test_missing_champion_is_one_line_and_no_run_stays_running(workdir):
     ],
 )
 def test_bad_options_fail_before_any_run(workdir, args, message):
-    done = moonvae(workdir, *args)
+    done = moonvae(workdir, "analyse", *args)
     assert done.returncode == 2
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith("moonvae: error:") and message in line
@@ -144,14 +132,7 @@ def test_bad_options_fail_before_any_run(workdir, args, message):
 @pytest.mark.slow
 def test_mlflow_run_analyse_entry_point(registry):
     root, _ = registry
-    done = subprocess.run(
-        [sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", "analyse", "--env-manager", "local",
-         "-P", "n_eval=300", "-P", f"output={root / 'entry' / 'report.html'}"],
-        cwd=root,
-        env=subprocess_env(root),
-        capture_output=True,
-        text=True,
-    )  # fmt: skip
+    done = mlflow_run(root, "analyse", "n_eval=300", f"output={root / 'entry' / 'report.html'}")
     assert done.returncode == 0, done.stderr[-3000:]
     client, runs = analyse_runs(root)
     run = max(runs, key=lambda r: r.info.start_time)

@@ -1,10 +1,7 @@
 """The `moonvae train` command and the `mlflow run . -e train` entry point, on a temporary sqlite store."""
 
-import subprocess
-import sys
-
 import pytest
-from conftest import ROOT, subprocess_env
+from conftest import mlflow_run, moonvae
 from mlflow.tracking import MlflowClient
 
 
@@ -12,16 +9,6 @@ def runs(workdir):
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     experiments = [e.experiment_id for e in client.search_experiments()]
     return client, client.search_runs(experiments) if experiments else []
-
-
-def moonvae(workdir, *args):
-    return subprocess.run(
-        [sys.executable, "-m", "moonvae", *args],
-        cwd=workdir,
-        env=subprocess_env(workdir),
-        capture_output=True,
-        text=True,
-    )
 
 
 def test_train_logs_a_complete_run(workdir):
@@ -64,19 +51,8 @@ def test_bad_input_is_one_line_and_leaves_no_run(workdir, args, named):
     assert runs(workdir)[1] == []
 
 
-def mlflow_run(workdir, *params):
-    args = [arg for param in params for arg in ("-P", param)]
-    return subprocess.run(
-        [sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", "train", "--env-manager", "local", *args],
-        cwd=workdir,
-        env=subprocess_env(workdir),
-        capture_output=True,
-        text=True,
-    )
-
-
 def test_mlflow_run_train_entry_point(workdir):
-    done = mlflow_run(workdir, "model=cvae", "max_epochs=40", "lr=1e-3")
+    done = mlflow_run(workdir, "train", "model=cvae", "max_epochs=40", "lr=1e-3")
     assert done.returncode == 0, done.stderr[-3000:]
     client, (run,) = runs(workdir)
     assert run.info.status == "FINISHED"
@@ -89,7 +65,7 @@ def test_mlflow_run_train_entry_point(workdir):
 
 
 def test_mlflow_run_bad_parameter_fails_cleanly(workdir):
-    done = mlflow_run(workdir, "latent_dim=-3")
+    done = mlflow_run(workdir, "train", "latent_dim=-3")
     assert done.returncode != 0
     assert "moonvae: error: latent_dim must be an integer >= 1, got -3" in done.stderr
     _, (run,) = runs(workdir)

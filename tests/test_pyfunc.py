@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import subprocess_env
+from conftest import moonvae, subprocess_env
 from mlflow.exceptions import MlflowException
 from sklearn.datasets import make_moons
 from sklearn.neighbors import KNeighborsClassifier
@@ -267,13 +267,7 @@ print(sys.modules["moonvae"].__file__)
 
 def moonvae_train(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     small = ["--model", "cvae", "--n-samples", "400", "--latent-dim", "4", "--max-epochs", "10"]
-    return subprocess.run(
-        [sys.executable, "-m", "moonvae", "train", *small, *args],
-        cwd=workdir,
-        env=subprocess_env(workdir),
-        capture_output=True,
-        text=True,
-    )
+    return moonvae(workdir, "train", *small, *args)
 
 
 def test_train_register_makes_the_new_version_champion(workdir):

@@ -4,15 +4,13 @@ Trials are tiny (200 points, a dozen epochs) so a study of a few trials takes se
 what is checked is the bookkeeping: counts, nesting, states, reasons, registration.
 """
 
-import subprocess
-import sys
 import threading
 
 import mlflow
 import optuna
 import pandas as pd
 import pytest
-from conftest import ROOT, subprocess_env
+from conftest import mlflow_run, moonvae
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
@@ -275,16 +273,6 @@ def test_timeout_stops_starting_trials(client):
     assert {run.info.status for run in all_runs(client)} == {"FINISHED"}
 
 
-def moonvae(workdir, *args):
-    return subprocess.run(
-        [sys.executable, "-m", "moonvae", *args],
-        cwd=workdir,
-        env=subprocess_env(workdir),
-        capture_output=True,
-        text=True,
-    )
-
-
 @pytest.mark.parametrize(
     ("args", "named"),
     [
@@ -302,17 +290,11 @@ def test_cli_bad_input_is_one_line_and_leaves_no_run(workdir, args, named):
     assert all_runs(MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")) == []
 
 
-def mlflow_run(workdir, *params):
-    args = [arg for param in params for arg in ("-P", param)]
-    command = [sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", "tune", "--env-manager", "local", *args]
-    return subprocess.run(command, cwd=workdir, env=subprocess_env(workdir), capture_output=True, text=True)
-
-
 @pytest.mark.slow
 def test_mlflow_run_tune_resumes_one_study_and_registers_both_champions(workdir, client):
-    done = mlflow_run(workdir, "model=vae", "n_trials=4", "max_epochs=25", "study_name=s")
+    done = mlflow_run(workdir, "tune", "model=vae", "n_trials=4", "max_epochs=25", "study_name=s")
     assert done.returncode == 0, done.stderr[-3000:]
-    done = mlflow_run(workdir, "model=vae", "n_trials=6", "max_epochs=25", "study_name=s", "n_jobs=2")
+    done = mlflow_run(workdir, "tune", "model=vae", "n_trials=6", "max_epochs=25", "study_name=s", "n_jobs=2")
     assert done.returncode == 0, done.stderr[-3000:]
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     study = optuna.load_study(study_name="s", storage=f"sqlite:///{workdir / 'optuna.db'}")
@@ -331,7 +313,7 @@ def test_mlflow_run_tune_resumes_one_study_and_registers_both_champions(workdir,
     second_entry = [run for run in all_runs(client) if run.data.tags.get("moonvae.study_runs") == study_run_id]
     assert len(second_entry) == 1 and second_entry[0].info.status == "FINISHED"
 
-    done = mlflow_run(workdir, "model=both", "n_trials=2", "max_epochs=25", "study_name=b", "n_jobs=2")
+    done = mlflow_run(workdir, "tune", "model=both", "n_trials=2", "max_epochs=25", "study_name=b", "n_jobs=2")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "registered moonvae-cvae version 1 as @champion" in done.stdout
     for model in ("vae", "cvae"):
@@ -342,7 +324,7 @@ def test_mlflow_run_tune_resumes_one_study_and_registers_both_champions(workdir,
 
 @pytest.mark.slow
 def test_mlflow_run_tune_bad_input_fails_the_entry_run(workdir):
-    done = mlflow_run(workdir, "model=vae", "n_trials=0")
+    done = mlflow_run(workdir, "tune", "model=vae", "n_trials=0")
     assert done.returncode != 0
     assert "moonvae: error: n_trials must be an integer >= 1, got 0" in done.stderr
     (run,) = all_runs(MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}"))
