@@ -672,9 +672,24 @@ def _register(site: _Worksite, best: FrozenTrial) -> tuple[str, str, str] | None
             tags=tags,
             description="A VAE or CVAE on the two-moons data, tuned by moonvae",
         )
+        version = keep_first_version(site.mlflow_client, name, alias, model_id, version)
     else:
         tracking.set_alias(site.mlflow_client, name, alias, version)
     return name, version, alias
+
+
+def keep_first_version(mlflow_client: MlflowClient, name: str, alias: str, model_id: str, version: str) -> str:
+    """Undo a duplicate registration: two workers finishing a study together may both register its best model.
+
+    Each checks after registering; the one that does not hold the first version of
+    the model deletes its own and points the alias at the first.
+    """
+    first = tracking.registered_version(mlflow_client, name, model_id)
+    if first is None or first == version:
+        return version
+    tracking.delete_version(mlflow_client, name, version)
+    tracking.set_alias(mlflow_client, name, alias, first)
+    return first
 
 
 def read_studies(storage: str, names: list[str]) -> dict[str, tuple[list[FrozenTrial], dict[str, float]]]:

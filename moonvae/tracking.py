@@ -255,15 +255,19 @@ def logged_model_info(model_id: str) -> ModelInfo:
 
 
 def registered_version(mlflow_client: MlflowClient, name: str, model_id: str) -> str | None:
-    """The version of `name` that already holds this logged model, if any (so a rerun registers nothing new)."""
+    """The first version of `name` that holds this logged model, if any (so a rerun registers nothing new)."""
     try:
         versions = mlflow_client.search_model_versions(f"name='{name}'")
     except mlflow.exceptions.MlflowException:
         return None
     # the sqlite registry keeps the logged model as the version's source, not as model_id
     found = [version.version for version in versions if version.source == f"models:/{model_id}"]
-    return str(max(found, key=int)) if found else None
+    return str(min(found, key=int)) if found else None
 
 
 def set_alias(mlflow_client: MlflowClient, name: str, alias: str, version: str) -> None:
     mlflow_client.set_registered_model_alias(name, alias, version)
+
+
+def delete_version(mlflow_client: MlflowClient, name: str, version: str) -> None:
+    mlflow_client.delete_model_version(name, version)

@@ -164,6 +164,20 @@ def test_resume_runs_only_the_missing_trials_and_registers_the_best(client):
     assert len(client.search_model_versions("name='moonvae-vae'")) == versions
 
 
+def test_a_duplicate_registration_by_a_second_worker_is_undone(client):
+    (result,) = tune(n_trials=2)
+    name, first, alias = result.registered
+    model_id = load_study().best_trial.user_attrs["mlflow_model_id"]
+    # what a second worker finishing the study at the same moment does: register the same model again
+    duplicate = tracking.register_model(client, tracking.logged_model_info(model_id), name, alias=alias)
+    assert duplicate != first
+    assert search.keep_first_version(client, name, alias, model_id, duplicate) == first
+    assert [str(v.version) for v in client.search_model_versions(f"name='{name}'")] == [first]
+    assert str(client.get_model_version_by_alias(name, alias).version) == first
+    # the worker holding the first version keeps it
+    assert search.keep_first_version(client, name, alias, model_id, first) == first
+
+
 def test_resume_with_other_fixed_values_is_refused_and_leaves_the_study_alone(client):
     tune(n_trials=1)
     before = [(trial.number, trial.state) for trial in load_study().trials]
