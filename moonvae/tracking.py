@@ -37,10 +37,14 @@ def tracking_uri() -> str:
 
 
 def client() -> MlflowClient:
-    """A client on the project's tracking store (also made the fluent API's store)."""
+    """A client on the project's tracking store, also made the store of the fluent API and of child processes.
+
+    Through the environment rather than `mlflow.set_tracking_uri`, whose process-wide
+    value would outlive a later change of MLFLOW_TRACKING_URI in the same process.
+    """
     uri = tracking_uri()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep the console readable
-    mlflow.set_tracking_uri(uri)
+    os.environ["MLFLOW_TRACKING_URI"] = uri
     return MlflowClient(uri)
 
 

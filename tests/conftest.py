@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -54,3 +60,54 @@ def mlflow_run(workdir: Path, entry_point: str, *params: str) -> subprocess.Comp
     args = [arg for param in params for arg in ("-P", param)]
     command = [sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", entry_point, "--env-manager", "local", *args]
     return subprocess.run(command, cwd=workdir, env=subprocess_env(workdir), capture_output=True, text=True)
+
+
+SERVER_READY_SECONDS = 120  # mlflow servers are ready in 4-6 s on an idle machine; generous for a busy CI runner
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def running_server(command: list[str], folder: Path, port: int, ready_path: str) -> Iterator[str]:
+    """Start a server process on a loopback port, wait until `ready_path` answers 200, always stop it.
+
+    It runs in its own process group, so its worker processes stop with it; its output
+    goes to `folder/server.log`, quoted when it fails to start.
+    """
+    log = folder / "server.log"
+    with log.open("w") as output:
+        server = subprocess.Popen(
+            command,
+            cwd=folder,
+            env=subprocess_env(folder),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + SERVER_READY_SECONDS
+        while True:
+            if server.poll() is not None:
+                pytest.fail(f"{command[2:4]} exited with {server.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}{ready_path}", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"{command[2:4]} not ready after {SERVER_READY_SECONDS} s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()

@@ -12,13 +12,9 @@ import os
 import pwd
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,22 +22,16 @@ import mlflow
 import optuna
 import pandas as pd
 import pytest
-from conftest import subprocess_env
+from conftest import free_port, running_server, subprocess_env
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 pytestmark = pytest.mark.slow
 
-READY_SECONDS = 120  # the tracking server is ready in ~6 s on an idle machine; generous for a busy CI runner
+READY_SECONDS = 120  # for the throwaway PostgreSQL cluster to start; generous for a busy CI runner
 WORKER_SECONDS = 900
 STUDY = "moonvae-vae-basic"
 TRIALS = ["--model", "vae", "--max-epochs", "15", "--n-samples", "400"]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def unavailable(reason: str) -> None:
@@ -116,40 +106,10 @@ def tracking_server(tmp_path: Path) -> Iterator[str]:
     folder = tmp_path / "server"
     folder.mkdir()
     port = free_port()
-    log = folder / "server.log"
-    with log.open("w") as output:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}"]
-            + ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-            cwd=folder,
-            env=subprocess_env(folder),
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group, so its workers stop with it
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + READY_SECONDS
-        while True:
-            if server.poll() is not None:
-                pytest.fail(f"mlflow server exited with {server.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow server not ready after {READY_SECONDS} s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.3)
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}"]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    with running_server(command, folder, port, "/health") as url:
         yield url
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
 
 
 def start_worker(folder: Path, tracking_uri: str, *args: str) -> tuple[subprocess.Popen, Path]:

@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
-from conftest import subprocess_env
+from conftest import free_port, running_server
 from trained import tracking_store, train_and_register
 
 from moonvae.config import DataConfig, ModelConfig, RunConfig, TrainConfig
@@ -24,13 +18,6 @@ CONFIG = RunConfig(  # serving is under test, not sample quality: the smallest m
     model=ModelConfig(model="cvae", latent_dim=4, decoder_hidden=(16,)),
     train=TrainConfig(max_epochs=10),
 )
-READY_SECONDS = 120  # ~4 s on an idle machine; generous for a busy CI runner
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def post(url: str, body: dict) -> tuple[int, dict]:
@@ -44,20 +31,6 @@ def post(url: str, body: dict) -> tuple[int, dict]:
         return error.code, json.loads(error.read())
 
 
-def wait_until_ready(url: str, server: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + READY_SECONDS
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.fail(f"mlflow models serve exited with {server.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.3)
-    pytest.fail(f"mlflow models serve not ready after {READY_SECONDS} s:\n{log.read_text()[-3000:]}")
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """The registered CVAE served on a free loopback port; the server's process group is always stopped."""
@@ -65,28 +38,10 @@ def server(tmp_path_factory):
     with tracking_store(folder) as client:
         train_and_register(client, CONFIG, "moonvae-cvae")
     port = free_port()
-    log = folder / "serve.log"
-    with log.open("w") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/moonvae-cvae@champion"]
-            + ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-            cwd=folder,
-            env=subprocess_env(folder),
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group, so the uvicorn workers stop with it
-        )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_until_ready(url, process, log)
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/moonvae-cvae@champion"]
+    command += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
+    with running_server(command, folder, port, "/ping") as url:
         yield url
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def invoke(url: str, columns: list[str], rows: list[list], **params) -> tuple[int, dict]:
