@@ -256,9 +256,9 @@ def study_figures(studies: Mapping[str, findings.StudyTable]) -> list[report.Fig
             )
         )
     basic = {
-        name: table.trials
-        for name in (findings.study_name(m, "basic") for m in KINDS)
-        if (table := studies.get(name)) is not None and {"decoder_hidden", "latent_dim"} <= set(table.trials.columns)
+        name: trials
+        for name, trials in _trials_of_space(studies, "basic").items()
+        if {"decoder_hidden", "latent_dim"} <= set(trials.columns)
     }
     if basic:
         figures.append(

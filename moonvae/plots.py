@@ -149,6 +149,26 @@ def grouped_bars(groups: Mapping[str, Mapping[str, float]], title: str, y_title:
     return figure
 
 
+def _side_by_side(
+    panels: list[tuple[str, go.BaseTraceType]], title: str, x_title: str, y_title: str, axis_type: str
+) -> go.Figure:
+    """One panel per (title, trace), sharing axis titles and axis type, in a row."""
+    figure = make_subplots(
+        rows=1, cols=len(panels), subplot_titles=[name for name, _ in panels], horizontal_spacing=0.12
+    )
+    for col, (_, trace) in enumerate(panels, start=1):
+        figure.add_trace(trace, row=1, col=col)
+        figure.update_xaxes(title_text=x_title, type=axis_type, row=1, col=col)
+        figure.update_yaxes(title_text=y_title, type=axis_type, row=1, col=col)
+    figure.update_layout(title=title, height=420, width=max(520, 480 * len(panels)), template=TEMPLATE)
+    return figure
+
+
+def _colourbar_x(col: int, n_panels: int) -> float:
+    """Each panel's colour bar at its right edge."""
+    return col / n_panels - 0.02
+
+
 def heatmaps(
     named: Mapping[str, tuple[Sequence[object], Sequence[object], np.ndarray]],
     title: str,
@@ -157,9 +177,9 @@ def heatmaps(
     colour_title: str,
 ) -> go.Figure:
     """Side-by-side heatmaps with the values written in the cells; `named` maps a title to (x, y, z[y, x])."""
-    figure = make_subplots(rows=1, cols=len(named), subplot_titles=list(named), horizontal_spacing=0.12)
-    for col, (x, y, z) in enumerate(named.values(), start=1):
-        figure.add_trace(
+    panels = [
+        (
+            name,
             go.Heatmap(
                 x=[str(v) for v in x],
                 y=[str(v) for v in y],
@@ -167,15 +187,12 @@ def heatmaps(
                 text=[[f"{value:.3g}" for value in row] for row in z],
                 texttemplate="%{text}",
                 colorscale="Viridis",
-                colorbar={"title": {"text": colour_title}, "x": col / len(named) - 0.02, "len": 0.9},
+                colorbar={"title": {"text": colour_title}, "x": _colourbar_x(col, len(named)), "len": 0.9},
             ),
-            row=1,
-            col=col,
         )
-        figure.update_xaxes(title_text=x_title, type="category", row=1, col=col)
-        figure.update_yaxes(title_text=y_title, type="category", row=1, col=col)
-    figure.update_layout(title=title, height=420, width=max(520, 480 * len(named)), template=TEMPLATE)
-    return figure
+        for col, (name, (x, y, z)) in enumerate(named.items(), start=1)
+    ]
+    return _side_by_side(panels, title, x_title, y_title, "category")
 
 
 def log_scatter(
@@ -186,27 +203,15 @@ def log_scatter(
     colour_title: str,
 ) -> go.Figure:
     """Side-by-side log-log scatter panels coloured by a third value on a log scale (e.g. eps_w x beta -> MSE)."""
-    figure = make_subplots(rows=1, cols=len(named), subplot_titles=list(named), horizontal_spacing=0.12)
-    for col, (x, y, value) in enumerate(named.values(), start=1):
+    panels = []
+    for col, (name, (x, y, value)) in enumerate(named.items(), start=1):
         value = np.asarray(value, dtype=float)
-        figure.add_trace(
-            go.Scatter(
-                x=x,
-                y=y,
-                mode="markers",
-                marker={
-                    "size": 9,
-                    "color": np.log10(np.maximum(value, 1e-12)),
-                    "colorscale": "Viridis",
-                    "colorbar": {"title": {"text": f"log10 {colour_title}"}, "x": col / len(named) - 0.02},
-                },
-                text=[f"{colour_title} {v:.3g}" for v in value],
-                showlegend=False,
-            ),
-            row=1,
-            col=col,
-        )
-        figure.update_xaxes(title_text=x_title, type="log", row=1, col=col)
-        figure.update_yaxes(title_text=y_title, type="log", row=1, col=col)
-    figure.update_layout(title=title, height=420, width=max(520, 480 * len(named)), template=TEMPLATE)
-    return figure
+        marker = {
+            "size": 9,
+            "color": np.log10(np.maximum(value, 1e-12)),
+            "colorscale": "Viridis",
+            "colorbar": {"title": {"text": f"log10 {colour_title}"}, "x": _colourbar_x(col, len(named))},
+        }
+        text = [f"{colour_title} {v:.3g}" for v in value]
+        panels.append((name, go.Scatter(x=x, y=y, mode="markers", marker=marker, text=text, showlegend=False)))
+    return _side_by_side(panels, title, x_title, y_title, "log")
