@@ -11,7 +11,8 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-MODELS = ("vae", "cvae")
+MODELS = ("vae", "cvae")  # the model kinds: an unconditional VAE, and a CVAE conditioned on the moon
+N_TRIALS = 100  # trials a study holds when `tune` is not told otherwise, as in the study
 
 
 class ConfigError(ValueError):

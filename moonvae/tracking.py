@@ -8,9 +8,11 @@ costs more than training these models.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,10 +23,15 @@ import numpy as np
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
 from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+from moonvae.registry import CHAMPION
 
 MAX_BATCH = 1000  # log_batch accepts at most 1000 metrics per call
 STATUS_REASON_TAG = "moonvae.status_reason"
+FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"  # how a run ends, as MLflow names it
+
+Client = MlflowClient  # the type other modules annotate with, so that only this module imports MLflow
 
 
 def tracking_uri() -> str:
@@ -84,28 +91,57 @@ def run(
         mlflow_client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING), name=run_name)
         if STATUS_REASON_TAG in mlflow_client.get_run(run_id).data.tags:  # why it stopped last time
             mlflow_client.delete_tag(run_id, STATUS_REASON_TAG)
-        set_tags(mlflow_client, run_id, all_tags)
+        set_tags(mlflow_client, run_id, all_tags | {MLFLOW_RUN_NAME: run_name})
     else:
         run_id = mlflow_client.create_run(experiment_id(mlflow_client), run_name=run_name, tags=all_tags).info.run_id
     try:
         yield run_id
     except KeyboardInterrupt:
-        end_run(mlflow_client, run_id, RunStatus.KILLED, "interrupted")
+        end_run(mlflow_client, run_id, KILLED, "interrupted")
         raise
     except killed_by as stop:
-        end_run(mlflow_client, run_id, RunStatus.KILLED, str(stop) or type(stop).__name__)
+        end_run(mlflow_client, run_id, KILLED, str(stop) or type(stop).__name__)
         raise
     except BaseException as error:
-        end_run(mlflow_client, run_id, RunStatus.FAILED, f"{type(error).__name__}: {error}")
+        end_run(mlflow_client, run_id, FAILED, f"{type(error).__name__}: {error}")
         raise
     else:
-        end_run(mlflow_client, run_id, RunStatus.FINISHED)
+        end_run(mlflow_client, run_id, FINISHED)
 
 
-def end_run(mlflow_client: MlflowClient, run_id: str, status: int, reason: str | None = None) -> None:
+def end_run(mlflow_client: MlflowClient, run_id: str, status: str, reason: str | None = None) -> None:
+    """End a run as FINISHED, FAILED or KILLED, keeping the reason as a tag the UI shows."""
     if reason:
         mlflow_client.set_tag(run_id, STATUS_REASON_TAG, reason[:5000])
-    mlflow_client.set_terminated(run_id, RunStatus.to_string(status))
+    mlflow_client.set_terminated(run_id, status)
+
+
+def end_if_running(mlflow_client: MlflowClient, run_id: str, status: str, reason: str) -> bool:
+    """End a run that another process left RUNNING (a dead worker's); False if it had ended already."""
+    if mlflow_client.get_run(run_id).info.status != "RUNNING":
+        return False
+    end_run(mlflow_client, run_id, status, reason)
+    return True
+
+
+def is_active_in(mlflow_client: MlflowClient, run_id: str, experiment: str) -> bool:
+    """Whether the run exists, is not deleted and belongs to `experiment` (a study run worth resuming)."""
+    try:
+        found = mlflow_client.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        return False
+    return found.info.experiment_id == experiment and found.info.lifecycle_stage == "active"
+
+
+def quiet() -> None:
+    """Keep a long tune's console to its own lines: MLflow repeats the same notices for every trial."""
+    logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)
+    for notice in ("The specified dataset source can be interpreted", ".*An input example was not provided"):
+        warnings.filterwarnings("ignore", message=notice, category=UserWarning)
+
+
+def set_tag(mlflow_client: MlflowClient, run_id: str, key: str, value: Any) -> None:
+    mlflow_client.set_tag(run_id, key, str(value))
 
 
 def set_tags(mlflow_client: MlflowClient, run_id: str, tags: dict[str, Any]) -> None:
@@ -227,7 +263,7 @@ def register_model(
     model_info: ModelInfo,
     name: str,
     *,
-    alias: str | None = "champion",
+    alias: str | None = CHAMPION,
     tags: dict[str, Any] | None = None,
     description: str | None = None,
 ) -> str:
@@ -275,3 +311,36 @@ def set_alias(mlflow_client: MlflowClient, name: str, alias: str, version: str) 
 
 def delete_version(mlflow_client: MlflowClient, name: str, version: str) -> None:
     mlflow_client.delete_model_version(name, version)
+
+
+def register_once(
+    mlflow_client: MlflowClient,
+    model_id: str,
+    name: str,
+    alias: str,
+    *,
+    tags: dict[str, Any] | None = None,
+    description: str | None = None,
+) -> str:
+    """The version of `name` that holds this logged model, registered first if none does; `alias` points at it."""
+    version = registered_version(mlflow_client, name, model_id)
+    if version is not None:
+        set_alias(mlflow_client, name, alias, version)
+        return version
+    info = logged_model_info(model_id)
+    version = register_model(mlflow_client, info, name, alias=alias, tags=tags, description=description)
+    return keep_first_version(mlflow_client, name, alias, model_id, version)
+
+
+def keep_first_version(mlflow_client: MlflowClient, name: str, alias: str, model_id: str, version: str) -> str:
+    """Undo a duplicate registration: two workers finishing a study together may both register its best model.
+
+    Each checks after registering; the one that does not hold the first version of
+    the model deletes its own and points the alias at the first.
+    """
+    first = registered_version(mlflow_client, name, model_id)
+    if first is None or first == version:
+        return version
+    delete_version(mlflow_client, name, version)
+    set_alias(mlflow_client, name, alias, first)
+    return first

@@ -1,25 +1,20 @@
-"""Synthetic Optuna studies with known answers, shaped like the tuner's (names, params, user attributes)."""
+"""Synthetic Optuna studies with known answers, shaped like the tuner's: the real spaces, the real attributes.
+
+Drawn from the tuner's own `SPACES`, so a change to a space changes these studies too.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import optuna
-from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-WIDTHS = (2, 4, 8, 16, 32, 64, 128)
-BASIC = {
-    "lr": FloatDistribution(1e-4, 1e-1, log=True),
-    "batch_size": CategoricalDistribution((32, 64, 128, 256)),
-    "encoder_hidden": CategoricalDistribution(WIDTHS),
-    "latent_dim": CategoricalDistribution(WIDTHS),
-    "decoder_hidden": CategoricalDistribution(WIDTHS),
-}
-DATA = {
-    "n_samples": CategoricalDistribution((200, 2000, 20000)),
-    "noise": CategoricalDistribution((0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)),
-}
-PROBABILISTIC = {"eps_w": FloatDistribution(1e-3, 1.0, log=True), "beta": FloatDistribution(0.1, 100.0, log=True)}
+from moonvae import studies
+from moonvae.spaces import SPACES, WIDTHS
+
+BASIC = SPACES["basic"].distributions
+DATA = SPACES["data"].distributions
+PROBABILISTIC = SPACES["probabilistic"].distributions
 
 
 def _basic_vae(rng: np.random.Generator, lr_matters: bool) -> list[tuple[dict, float, dict]]:
@@ -78,10 +73,13 @@ def _probabilistic(rng: np.random.Generator) -> list[tuple[dict, float, dict]]:
     return trials
 
 
-def write_studies(storage: str, agree: bool = True, seed: int = 0) -> None:
-    """The six studies: built so every finding holds (`agree`), or so findings 1 and 7 fail."""
+def write_studies(storage: str, agree: bool = True, seed: int = 0, prefix: str = "moonvae") -> None:
+    """The six studies: built so every finding holds (`agree`), or so findings 1 and 7 fail.
+
+    Named `{prefix}-{model}-{space}` and marked with their model and space, as the tuner marks its studies.
+    """
     rng = np.random.default_rng(seed)
-    studies = {
+    designed = {
         ("vae", "basic"): (BASIC, _basic_vae(rng, lr_matters=not agree)),
         ("cvae", "basic"): (BASIC, _basic_cvae(rng)),
         ("vae", "data"): (DATA, _data(zero_noise_worse=agree)),
@@ -89,8 +87,9 @@ def write_studies(storage: str, agree: bool = True, seed: int = 0) -> None:
         ("vae", "probabilistic"): (PROBABILISTIC, _probabilistic(rng)),
         ("cvae", "probabilistic"): (PROBABILISTIC, _probabilistic(rng)),
     }
-    for (model, space), (distributions, trials) in studies.items():
-        study = optuna.create_study(study_name=f"moonvae-{model}-{space}", storage=storage, direction="minimize")
+    for (model, space), (distributions, trials) in designed.items():
+        study = optuna.create_study(study_name=f"{prefix}-{model}-{space}", storage=storage, direction="minimize")
+        studies.mark(study, model, space, {"model": model, "space": space})
         for params, value, attrs in trials:
             study.add_trial(
                 create_trial(

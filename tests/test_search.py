@@ -14,7 +14,7 @@ from conftest import mlflow_run, moonvae
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from moonvae import search, tracking
+from moonvae import search, spaces, studies, tracking
 from moonvae.config import ConfigError
 from moonvae.train import TrainingDiverged
 
@@ -27,7 +27,7 @@ def tune(**options):
 
 
 def load_study(name="moonvae-vae-basic"):
-    return optuna.load_study(study_name=name, storage=search.default_storage())
+    return optuna.load_study(study_name=name, storage=studies.default_storage())
 
 
 def all_runs(client):
@@ -66,13 +66,13 @@ def fail_when(monkeypatch):
 
 
 def test_names_and_default_storage(workdir):
-    assert search.study_name("vae", "basic") == "moonvae-vae-basic"
-    assert search.study_name("cvae", "data", "s", both=True) == "s-cvae"
-    assert search.study_name("cvae", "data", "s") == "s"
-    assert search.default_storage(f"sqlite:///{workdir}/sub/mlflow.db") == f"sqlite:///{workdir}/sub/optuna.db"
-    assert search.default_storage("sqlite:///mlflow.db") == f"sqlite:///{workdir}/optuna.db"
-    assert search.default_storage("http://localhost:5000") == f"sqlite:///{workdir}/optuna.db"
-    assert search.redact("postgresql+psycopg2://me:secret@db/optuna") == "postgresql+psycopg2://me:***@db/optuna"
+    assert studies.study_name("vae", "basic") == "moonvae-vae-basic"
+    assert studies.study_name("cvae", "data", "s", both=True) == "s-cvae"
+    assert studies.study_name("cvae", "data", "s") == "s"
+    assert studies.default_storage(f"sqlite:///{workdir}/sub/mlflow.db") == f"sqlite:///{workdir}/sub/optuna.db"
+    assert studies.default_storage("sqlite:///mlflow.db") == f"sqlite:///{workdir}/optuna.db"
+    assert studies.default_storage("http://localhost:5000") == f"sqlite:///{workdir}/optuna.db"
+    assert studies.redact("postgresql+psycopg2://me:secret@db/optuna") == "postgresql+psycopg2://me:***@db/optuna"
 
 
 @pytest.mark.parametrize(("space", "pruner"), [("basic", "median"), ("data", "none"), ("probabilistic", "none")])
@@ -171,11 +171,11 @@ def test_a_duplicate_registration_by_a_second_worker_is_undone(client):
     # what a second worker finishing the study at the same moment does: register the same model again
     duplicate = tracking.register_model(client, tracking.logged_model_info(model_id), name, alias=alias)
     assert duplicate != first
-    assert search.keep_first_version(client, name, alias, model_id, duplicate) == first
+    assert tracking.keep_first_version(client, name, alias, model_id, duplicate) == first
     assert [str(v.version) for v in client.search_model_versions(f"name='{name}'")] == [first]
     assert str(client.get_model_version_by_alias(name, alias).version) == first
     # the worker holding the first version keeps it
-    assert search.keep_first_version(client, name, alias, model_id, first) == first
+    assert tracking.keep_first_version(client, name, alias, model_id, first) == first
 
 
 def test_resume_with_other_fixed_values_is_refused_and_leaves_the_study_alone(client):
@@ -190,7 +190,7 @@ def test_resume_with_other_fixed_values_is_refused_and_leaves_the_study_alone(cl
 
 def test_grid_visits_each_point_once_and_retries_a_failed_point(client, monkeypatch, fail_when):
     grid = {"n_samples": (200, 300), "noise": (0.1, 0.2)}
-    monkeypatch.setitem(search.SPACES, "data", search._grid_space("data", grid))
+    monkeypatch.setitem(spaces.SPACES, "data", spaces.grid_space("data", grid))
     failed_once = threading.Event()
 
     def first_attempt_at_300_02(config):
@@ -222,8 +222,8 @@ def test_the_studys_data_grid_visits_its_21_points_once(client):
 
 
 def test_pruned_and_failed_trials_are_recorded_and_the_study_goes_on(client, monkeypatch, fail_when):
-    monkeypatch.setattr(search, "PRUNE_AFTER_EPOCHS", 0)
-    monkeypatch.setattr(search, "MEDIAN_STARTUP_TRIALS", 1)
+    monkeypatch.setattr(spaces, "PRUNE_AFTER_EPOCHS", 0)
+    monkeypatch.setattr(spaces, "MEDIAN_STARTUP_TRIALS", 1)
     fail_when(lambda config: config.train.lr == 0.0123)
     plan = search.plan(model="vae", n_trials=3, fixed={"n_samples": 200, "max_epochs": 20})
     study = plan.studies["moonvae-vae-basic"]
@@ -267,8 +267,8 @@ def test_ctrl_c_kills_the_runs_and_fails_the_trial(client, fail_when):
 
 
 def test_a_dead_workers_trial_is_failed_and_replaced(client, monkeypatch):
-    monkeypatch.setattr(search, "HEARTBEAT_SECONDS", 1)
-    monkeypatch.setattr(search, "GRACE_SECONDS", 1)
+    monkeypatch.setattr(studies, "HEARTBEAT_SECONDS", 1)
+    monkeypatch.setattr(studies, "GRACE_SECONDS", 1)
     plan = search.plan(model="vae", n_trials=1, fixed=TINY)
     study = plan.studies["moonvae-vae-basic"]
     orphan = study.ask()  # what a killed worker leaves: a RUNNING trial and a RUNNING run

@@ -1,0 +1,110 @@
+"""The study's searches: what each space varies, with which sampler, and how trials may be pruned.
+
+A space is plain data (Optuna distributions and, for grids, the points); the
+sampler and pruner are built here from a seed so a study can be recreated exactly.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+PRUNERS = ("auto", "median", "hyperband", "none")  # auto: the space's own default
+PRUNE_AFTER_EPOCHS = 50  # no pruning before this epoch: early curves rank trials poorly
+MEDIAN_STARTUP_TRIALS = 5  # finished trials the median pruner needs before it prunes
+TPE_STARTUP_TRIALS = 10  # random trials before TPE models the space, as in the study
+
+WIDTHS = (2, 4, 8, 16, 32, 64, 128)
+
+
+@dataclass(frozen=True)
+class Space:
+    """A search: what it varies and with which sampler."""
+
+    name: str
+    sampler: str  # tpe, grid or random
+    distributions: dict[str, BaseDistribution]
+    grid: dict[str, tuple[Any, ...]] | None = None  # grid spaces: every combination once
+    # The basic space looks for the best model, so hopeless trials may stop early; the others measure a
+    # factor's effect across its whole range, and pruning would censor the very region under study.
+    pruner: str = "none"
+
+    @property
+    def size(self) -> int | None:
+        return math.prod(len(values) for values in self.grid.values()) if self.grid else None
+
+    def points(self) -> list[tuple[Any, ...]]:
+        assert self.grid is not None
+        return list(itertools.product(*self.grid.values()))
+
+    def point(self, params: dict[str, Any]) -> tuple[Any, ...]:
+        assert self.grid is not None
+        return tuple(params.get(name) for name in self.grid)
+
+
+def grid_space(name: str, grid: dict[str, tuple[Any, ...]]) -> Space:
+    distributions: dict[str, BaseDistribution] = {key: CategoricalDistribution(values) for key, values in grid.items()}
+    return Space(name, "grid", distributions, grid)
+
+
+# The study's three searches (README: Tune).
+SPACES = {
+    "basic": Space(
+        "basic",
+        "tpe",
+        {
+            "lr": FloatDistribution(1e-4, 1e-1, log=True),
+            "batch_size": CategoricalDistribution((32, 64, 128, 256)),
+            "encoder_hidden": CategoricalDistribution(WIDTHS),
+            "latent_dim": CategoricalDistribution(WIDTHS),
+            "decoder_hidden": CategoricalDistribution(WIDTHS),
+        },
+        pruner="median",
+    ),
+    "data": grid_space("data", {"n_samples": (200, 2000, 20000), "noise": (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)}),
+    "probabilistic": Space(
+        "probabilistic",
+        "random",
+        {"eps_w": FloatDistribution(1e-3, 1.0, log=True), "beta": FloatDistribution(0.1, 100.0, log=True)},
+    ),
+}
+
+
+class GridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid sampler without its `study.stop()` once the grid is covered.
+
+    That call is only allowed inside `Study.optimize` and raises under ask/tell; here
+    the workers' count decides when a study is done.
+    """
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Any) -> None:
+        return None
+
+
+def make_sampler(space: Space, seed: int, n_existing: int) -> optuna.samplers.BaseSampler:
+    """The space's sampler. Grid order depends on the seed only; the others are reseeded past the
+    trials a study already holds, so a resumed study does not replay the draws of its first call."""
+    if space.sampler == "grid":
+        assert space.grid is not None
+        return GridSampler({key: list(values) for key, values in space.grid.items()}, seed=seed)
+    if space.sampler == "tpe":
+        return optuna.samplers.TPESampler(
+            seed=seed + n_existing, n_startup_trials=TPE_STARTUP_TRIALS, constant_liar=True
+        )
+    return optuna.samplers.RandomSampler(seed=seed + n_existing)
+
+
+def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=MEDIAN_STARTUP_TRIALS, n_warmup_steps=PRUNE_AFTER_EPOCHS)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=min(PRUNE_AFTER_EPOCHS, max_epochs), max_resource=max_epochs, reduction_factor=3
+        )
+    return optuna.pruners.NopPruner()

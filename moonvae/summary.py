@@ -1,0 +1,117 @@
+"""What a finished study leaves on its MLflow run: best metrics and tags, every trial, Optuna's plots, the best model.
+
+Called when a call on a study ends (complete, timed out or stopped), so a resumed
+study's run always describes the whole study, not only the last call.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from moonvae import registry, tracking
+from moonvae.studies import MODEL_ID_ATTR, RUN_ID_ATTR, Target
+from moonvae.tracking import Client
+
+
+@dataclass
+class StudyResult:
+    name: str
+    model: str
+    run_id: str
+    counts: dict[str, int]  # trials by state name, over the whole study
+    best_value: float | None
+    best_trial: int | None
+    best_params: dict[str, Any]
+    registered: tuple[str, str, str] | None  # (model name, version, alias)
+    seconds: float
+
+
+def summarise(study: optuna.Study, client: Client, run_id: str, target: Target, seconds: float) -> StudyResult:
+    """Best params and metrics, a CSV of all trials and Optuna's plots on the study run; the best model registered."""
+    trials = study.get_trials(deepcopy=False)
+    counts = Counter(trial.state.name for trial in trials)
+    metrics: dict[str, float] = {f"trials_{state.lower()}": counts[state] for state in ("COMPLETE", "PRUNED", "FAIL")}
+    metrics["wall_seconds"] = seconds
+    best = _best_trial(study)
+    registered = None
+    if best is not None:
+        best_run_id = best.user_attrs[RUN_ID_ATTR]
+        best_metrics = tracking.run_metrics(client, best_run_id)
+        metrics |= {"best_val_mse": best.value, "best_trial": best.number}  # type: ignore[dict-item]
+        metrics |= {f"best_{key}": value for key, value in best_metrics.items() if key.startswith("test_")}
+        tracking.set_tags(client, run_id, {f"best.{key}": value for key, value in best.params.items()})
+        tracking.set_tags(client, run_id, {"moonvae.best_run_id": best_run_id})
+        summary = {"trial": best.number, "value": best.value, "params": best.params, "run_id": best_run_id}
+        tracking.log_text(client, run_id, json.dumps(summary, indent=2), "best.json")
+        registered = _register(client, target, best, best_metrics)
+    with tracking.MetricBuffer(client, run_id) as buffer:
+        buffer.add(metrics, step=len(trials))
+    tracking.log_text(client, run_id, study.trials_dataframe().to_csv(index=False), "trials.csv")
+    for artifact, figure in _optuna_figures(study):
+        tracking.log_figure(client, run_id, figure, f"plots/{artifact}.html")
+    return StudyResult(
+        name=target.name,
+        model=target.model,
+        run_id=run_id,
+        counts=dict(counts),
+        best_value=best.value if best else None,
+        best_trial=best.number if best else None,
+        best_params=best.params if best else {},
+        registered=registered,
+        seconds=seconds,
+    )
+
+
+def _best_trial(study: optuna.Study) -> FrozenTrial | None:
+    try:
+        return study.best_trial
+    except ValueError:
+        return None
+
+
+def _optuna_figures(study: optuna.Study) -> Iterator[tuple[str, Any]]:
+    """Optuna's plots that the study can draw (importances need two complete trials, for instance)."""
+    from optuna import visualization
+    from optuna.importance import FanovaImportanceEvaluator
+
+    plots: dict[str, Callable[[], Any]] = {
+        "optimization_history": lambda: visualization.plot_optimization_history(study),
+        "param_importances": lambda: visualization.plot_param_importances(
+            study, evaluator=FanovaImportanceEvaluator(seed=0)
+        ),
+        "parallel_coordinate": lambda: visualization.plot_parallel_coordinate(study),
+        "slice": lambda: visualization.plot_slice(study),
+    }
+    complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    for name, draw in plots.items():
+        if complete < (2 if name == "param_importances" else 1):
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                figure = draw()
+        except (ValueError, RuntimeError):  # e.g. every trial has the same params: nothing to rank
+            continue
+        yield name, figure
+
+
+def _register(
+    client: Client, target: Target, best: FrozenTrial, best_metrics: dict[str, float]
+) -> tuple[str, str, str] | None:
+    """The best trial's model as a version of moonvae-{model} with the space's alias (reused if already registered)."""
+    model_id = best.user_attrs.get(MODEL_ID_ATTR)
+    if not model_id:
+        return None
+    name, alias = registry.model_name(target.model), registry.alias_for(target.space)
+    tags = {"moonvae.study": target.name, "moonvae.trial": best.number, "moonvae.space": target.space}
+    tags |= {key: value for key, value in best_metrics.items() if key.startswith(("best_val", "test_"))}
+    version = tracking.register_once(client, model_id, name, alias, tags=tags, description=registry.DESCRIPTION)
+    return name, version, alias
