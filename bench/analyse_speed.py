@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from moonvae import analyse, data, evaluate, report
+from moonvae import data, evaluate, figures, report
 from moonvae.config import ModelConfig, RunConfig, TrainConfig
 from moonvae.models import build_model, latent_bank
 from moonvae.train import fit
@@ -48,15 +48,14 @@ def main() -> None:
         metrics, samples = timed(
             "metrics", lambda: evaluate.evaluate_model(network, bank, moons, config.data, args.n_eval)
         )
-        timed("traversal", lambda: analyse.traversal_paths(network, bank, (0, 1)))
-        timed("umap cold", lambda: analyse.fit_umap(bank.mean.numpy(), 0))
-        timed("umap warm", lambda: analyse.fit_umap(bank.mean.numpy(), 0))
-        subject = analyse.Subject("cvae", "bench", network, config, bank, moons, None)
-        figures, _ = analyse.model_figures(subject, samples, 0)
-        figures.append(analyse.data_figure(0))
+        timed("traversal", lambda: figures.traversal_paths(network, bank, (0, 1)))
+        timed("umap cold", lambda: figures.fit_umap(bank.mean.numpy(), 0))
+        timed("umap warm", lambda: figures.fit_umap(bank.mean.numpy(), 0))
+        drawn, _ = figures.model_figures("cvae", network, bank, moons.train, samples, 0)
+        drawn.append(figures.data_figure(0))
         timed(
             "report",
-            lambda: report.write(Path(tmp) / "report.html", "bench", "", [], figures),
+            lambda: report.write(Path(tmp) / "report.html", "bench", "", [], drawn),
         )
 
 

@@ -31,10 +31,10 @@ from sklearn.neighbors import KNeighborsClassifier
 
 from moonvae.config import DataConfig
 from moonvae.data import MoonsData, Split
+from moonvae.metrics import N_EVAL
 from moonvae.models import VAE, LatentBank
 from moonvae.train import evaluate as loss_terms
 
-N_EVAL = 2000  # points per sample: a few thousand keep MMD's noise well below the gaps between models
 FRESH_SEED_OFFSET = 1_000_003  # fresh data seeds are data_seed + this + k: never a training seed
 BANDWIDTH_POINTS = 1000  # real points the median heuristic looks at
 

@@ -44,10 +44,6 @@ class Finding:
     verdict: str
 
 
-def study_name(model: str, space: str, prefix: str = "moonvae") -> str:
-    return f"{prefix}-{model}-{space}"
-
-
 def trials_frame(trials: list[object]) -> pd.DataFrame:
     """Completed trials (Optuna `FrozenTrial`s or alike) as rows: params, `value`, plain user attributes."""
     rows = []
@@ -87,11 +83,11 @@ def collapsed(frame: pd.DataFrame) -> pd.Series:
     return (frame["test_kl"] < COLLAPSE_KL) & (frame["test_mse"] > COLLAPSE_MSE)
 
 
-def lr_and_batch_size(studies: Mapping[str, StudyTable]) -> Finding:
+def lr_and_batch_size(studies: Mapping[tuple[str, str], StudyTable]) -> Finding:
     claim = "Learning rate and batch size matter little."
     evidence, verdicts = [], []
     for model in ("vae", "cvae"):
-        table = studies.get(study_name(model, "basic"))
+        table = studies.get((model, "basic"))
         if not _enough(table) or not table.importances:
             evidence.append(_missing(f"{model} basic", table))
             continue
@@ -105,9 +101,9 @@ def lr_and_batch_size(studies: Mapping[str, StudyTable]) -> Finding:
     return Finding(1, claim, f"{'; '.join(evidence)} (threshold {MINOR_IMPORTANCE})", verdict)
 
 
-def decoder_and_latent(studies: Mapping[str, StudyTable]) -> Finding:
+def decoder_and_latent(studies: Mapping[tuple[str, str], StudyTable]) -> Finding:
     claim = "Decoder width and latent size matter most; both must grow together."
-    table = studies.get(study_name("vae", "basic"))
+    table = studies.get(("vae", "basic"))
     if not _enough(table) or not table.importances:
         return Finding(2, claim, _missing("vae basic", table), NOT_ENOUGH)
     ranked = sorted(table.importances, key=table.importances.get, reverse=True)
@@ -136,9 +132,9 @@ def _compare(worse: pd.Series, better: pd.Series) -> tuple[bool, float]:
     return p_value < SIGNIFICANCE, p_value
 
 
-def wide_encoder(studies: Mapping[str, StudyTable]) -> Finding:
+def wide_encoder(studies: Mapping[tuple[str, str], StudyTable]) -> Finding:
     claim = "An encoder wider than 8 makes the VAE worse."
-    table = studies.get(study_name("vae", "basic"))
+    table = studies.get(("vae", "basic"))
     if not _enough(table):
         return Finding(3, claim, _missing("vae basic", table), NOT_ENOUGH)
     trials = table.trials
@@ -156,9 +152,9 @@ def wide_encoder(studies: Mapping[str, StudyTable]) -> Finding:
     )
 
 
-def tiny_networks(studies: Mapping[str, StudyTable]) -> Finding:
+def tiny_networks(studies: Mapping[tuple[str, str], StudyTable]) -> Finding:
     claim = "A tiny encoder and decoder give posterior collapse (smooth latent, poor reconstruction)."
-    table = studies.get(study_name("vae", "basic"))
+    table = studies.get(("vae", "basic"))
     if not _enough(table):
         return Finding(4, claim, _missing("vae basic", table), NOT_ENOUGH)
     trials = table.trials
@@ -177,9 +173,9 @@ def tiny_networks(studies: Mapping[str, StudyTable]) -> Finding:
     return Finding(4, claim, evidence, REPRODUCED if share_tiny >= 0.5 and share_tiny > share_rest else NOT_REPRODUCED)
 
 
-def cvae_robust(studies: Mapping[str, StudyTable]) -> Finding:
+def cvae_robust(studies: Mapping[tuple[str, str], StudyTable]) -> Finding:
     claim = "The CVAE reconstructs well across a wide range of hyperparameters."
-    tables = {model: studies.get(study_name(model, "basic")) for model in ("vae", "cvae")}
+    tables = {model: studies.get((model, "basic")) for model in ("vae", "cvae")}
     if not all(_enough(table) for table in tables.values()):
         return Finding(5, claim, "; ".join(_missing(f"{m} basic", t) for m, t in tables.items()), NOT_ENOUGH)
     within = {model: table.trials["value"] <= WELL * table.trials["value"].min() for model, table in tables.items()}
@@ -198,9 +194,9 @@ def _mean_log_by(trials: pd.DataFrame, column: str, metric: str = "value") -> pd
     return np.log10(trials[metric]).groupby(trials[column]).mean()
 
 
-def data_size_and_noise(studies: Mapping[str, StudyTable]) -> Finding:
+def data_size_and_noise(studies: Mapping[tuple[str, str], StudyTable]) -> Finding:
     claim = "More data: less over-fitting; the CVAE's error depends on noise, hardly on size."
-    table = studies.get(study_name("cvae", "data"))
+    table = studies.get(("cvae", "data"))
     if table is None or table.trials.empty or table.trials["n_samples"].nunique() < 2:
         return Finding(6, claim, _missing("cvae data", table), NOT_ENOUGH)
     by_noise = _mean_log_by(table.trials, "noise")
@@ -211,7 +207,7 @@ def data_size_and_noise(studies: Mapping[str, StudyTable]) -> Finding:
         f"{_fmt(size_range)} across size"
     )
     overfit = ""
-    vae = studies.get(study_name("vae", "data"))
+    vae = studies.get(("vae", "data"))
     frames = [t.trials for t in (vae, table) if t is not None and {"train_mse", "test_mse"} <= set(t.trials.columns)]
     if frames:
         trials = pd.concat(frames)
@@ -225,11 +221,11 @@ def data_size_and_noise(studies: Mapping[str, StudyTable]) -> Finding:
     return Finding(6, claim, evidence + overfit, REPRODUCED if noise_dominates and shrinks else NOT_REPRODUCED)
 
 
-def zero_noise(studies: Mapping[str, StudyTable]) -> Finding:
+def zero_noise(studies: Mapping[tuple[str, str], StudyTable]) -> Finding:
     claim = "Noise 0 is modelled worse than small noise."
     evidence, verdicts = [], []
     for model in ("vae", "cvae"):
-        table = studies.get(study_name(model, "data"))
+        table = studies.get((model, "data"))
         if table is None or table.trials.empty:
             evidence.append(_missing(f"{model} data", table))
             continue
@@ -252,11 +248,11 @@ def zero_noise(studies: Mapping[str, StudyTable]) -> Finding:
     return Finding(7, claim, "; ".join(evidence), verdict)
 
 
-def eps_w_and_beta(studies: Mapping[str, StudyTable]) -> Finding:
+def eps_w_and_beta(studies: Mapping[tuple[str, str], StudyTable]) -> Finding:
     claim = "eps_w = 1 collapses the posterior; smaller eps_w and beta sharpen reconstructions, less smooth latent."
     evidence, verdicts = [], []
     for model in ("vae", "cvae"):
-        table = studies.get(study_name(model, "probabilistic"))
+        table = studies.get((model, "probabilistic"))
         if not _enough(table):
             evidence.append(_missing(f"{model} probabilistic", table))
             continue
@@ -299,7 +295,7 @@ def latent_separation(latent_accuracy: Mapping[str, float]) -> Finding:
     return Finding(9, claim, evidence, REPRODUCED if vae >= CLEAR_SEPARATION and cvae < vae - 0.1 else NOT_REPRODUCED)
 
 
-CHECKS: tuple[Callable[[Mapping[str, StudyTable]], Finding], ...] = (
+CHECKS: tuple[Callable[[Mapping[tuple[str, str], StudyTable]], Finding], ...] = (
     lr_and_batch_size,
     decoder_and_latent,
     wide_encoder,
@@ -311,7 +307,7 @@ CHECKS: tuple[Callable[[Mapping[str, StudyTable]], Finding], ...] = (
 )
 
 
-def all_findings(studies: Mapping[str, StudyTable], latent_accuracy: Mapping[str, float]) -> list[Finding]:
+def all_findings(studies: Mapping[tuple[str, str], StudyTable], latent_accuracy: Mapping[str, float]) -> list[Finding]:
     return [check(studies) for check in CHECKS] + [latent_separation(latent_accuracy)]
 
 

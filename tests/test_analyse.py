@@ -10,8 +10,9 @@ from browser import dump_dom
 from conftest import ROOT, mlflow_run, moonvae
 from mlflow.tracking import MlflowClient
 from studies import write_studies
+from trained import tracking_store
 
-from moonvae import analyse, tracking
+from moonvae import analyse, studies, tracking
 from moonvae.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from moonvae.experiment import run_training
 from moonvae.train import evaluate
@@ -30,12 +31,7 @@ EXPECTED_METRICS = {
 def registry(tmp_path_factory):
     """A tracking store with small registered champions of both kinds and the six studies beside it."""
     root = tmp_path_factory.mktemp("registry")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(root)
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-        for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
-            patch.delenv(name, raising=False)
-        client = tracking.client()
+    with tracking_store(root) as client:
         run_ids = {}
         for kind in ("vae", "cvae"):
             config = RunConfig(
@@ -75,6 +71,7 @@ def test_analyse_logs_metrics_findings_and_a_report_that_renders(registry):
     assert run.data.params["vae"] == run_ids["vae"] and run.data.params["n_eval"] == "400"
     assert run.data.params["cvae"] == "models:/moonvae-cvae@champion"
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"report.html", "findings.csv", "metrics.csv"}
+    assert "studies read: moonvae-cvae-basic (cvae basic, 40 complete trials), moonvae-cvae-data" in done.stdout
     verdicts = re.findall(r"finding (\d): ([a-z ]+)", done.stdout)
     assert [number for number, _ in verdicts] == [str(n) for n in range(1, 10)]
     assert all(verdict != "not enough data" for _, verdict in verdicts)
@@ -88,6 +85,19 @@ def test_analyse_logs_metrics_findings_and_a_report_that_renders(registry):
     assert f'data-rendered="{expected}"' in dom and 'data-errors="0"' in dom
     assert dom.count('class="main-svg"') >= expected
     assert "Uncaught" not in log
+
+
+@pytest.mark.slow
+def test_analyse_reads_a_study_tuned_under_a_custom_name(workdir):
+    tiny = ["--n-trials", "2", "--max-epochs", "12", "--n-samples", "200"]
+    done = moonvae(workdir, "tune", "--model", "vae", "--study-name", "mine", *tiny)
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = moonvae(workdir, "analyse", "--cvae", "none", "--n-eval", "300")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "studies read: mine (vae basic, 2 complete trials)" in done.stdout
+    assert "Studies read: mine (vae basic, 2 complete trials)." in (workdir / "report.html").read_text()
+    _, (run,) = analyse_runs(workdir)
+    assert run.data.tags["moonvae.studies"] == "mine"
 
 
 def test_a_model_of_the_wrong_kind_is_refused(workdir, small_config):
@@ -180,7 +190,8 @@ def test_trials_take_metrics_from_their_runs_and_train_mse_from_their_models(wor
     with tracking.run(client, "trial") as run_id:
         outcome = run_training(config, client, run_id)
     storage = f"sqlite:///{workdir / 'optuna.db'}"
-    study = optuna.create_study(study_name="moonvae-cvae-data", storage=storage)
+    study = optuna.create_study(study_name="any-name", storage=storage)
+    studies.mark(study, "cvae", "data", {})
     distributions = {"n_samples": CategoricalDistribution((400, 800)), "noise": CategoricalDistribution((0.15,))}
     for attrs in (
         {"mlflow_run_id": run_id, "mlflow_model_id": outcome.model_info.model_id},
@@ -188,7 +199,7 @@ def test_trials_take_metrics_from_their_runs_and_train_mse_from_their_models(wor
     ):
         params = {"n_samples": 400, "noise": 0.15}
         study.add_trial(create_trial(params=params, distributions=distributions, value=0.1, user_attrs=attrs))
-    trials = analyse.load_studies(storage, mlflow_client=client)["moonvae-cvae-data"].trials
+    trials = analyse.load_studies(storage, mlflow_client=client).tables[("cvae", "data")].trials
     assert trials.loc[0, "test_mse"] == pytest.approx(outcome.test.mse.item())
     assert trials.loc[0, "test_kl"] == pytest.approx(outcome.test.kl.item())
     assert trials.loc[0, "train_mse"] == pytest.approx(evaluate(outcome.network, outcome.data.train).mse.item())

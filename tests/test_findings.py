@@ -3,34 +3,24 @@
 import pytest
 from studies import write_studies
 
-from moonvae import analyse, findings
+from moonvae import findings, studies
 from moonvae.findings import NOT_ENOUGH, NOT_REPRODUCED, REPRODUCED
+
+
+def tables(tmp_path_factory, agree):
+    storage = f"sqlite:///{tmp_path_factory.mktemp('studies') / 'optuna.db'}"
+    write_studies(storage, agree=agree)
+    return {key: table for key, (_, table) in studies.read_tables(storage).items()}
 
 
 @pytest.fixture(scope="module")
 def agreeing(tmp_path_factory):
-    storage = f"sqlite:///{tmp_path_factory.mktemp('agree') / 'optuna.db'}"
-    write_studies(storage, agree=True)
-    return analyse.load_studies(storage)
+    return tables(tmp_path_factory, agree=True)
 
 
 @pytest.fixture(scope="module")
 def disagreeing(tmp_path_factory):
-    storage = f"sqlite:///{tmp_path_factory.mktemp('disagree') / 'optuna.db'}"
-    write_studies(storage, agree=False)
-    return analyse.load_studies(storage)
-
-
-def test_load_studies_keeps_completed_trials_and_computes_importances(agreeing):
-    assert set(agreeing) == {f"moonvae-{m}-{s}" for m in ("vae", "cvae") for s in ("basic", "data", "probabilistic")}
-    basic = agreeing["moonvae-vae-basic"]
-    assert len(basic.trials) == 60  # the failed and the pruned trial are left out
-    assert {"lr", "batch_size", "encoder_hidden", "latent_dim", "decoder_hidden", "value", "test_kl"} <= set(
-        basic.trials.columns
-    )
-    assert set(basic.importances) == {"lr", "batch_size", "encoder_hidden", "latent_dim", "decoder_hidden"}
-    assert sum(basic.importances.values()) == pytest.approx(1.0)
-    assert len(agreeing["moonvae-cvae-data"].trials) == 21
+    return tables(tmp_path_factory, agree=False)
 
 
 def test_every_finding_reproduced_when_the_studies_agree(agreeing):
@@ -53,11 +43,6 @@ def test_no_studies_means_not_enough_data():
 
 
 def test_a_small_study_is_not_enough(agreeing):
-    small = {name: findings.StudyTable(table.trials.head(10), table.importances) for name, table in agreeing.items()}
+    small = {key: findings.StudyTable(table.trials.head(10), table.importances) for key, table in agreeing.items()}
     verdicts = {f.number: f.verdict for f in findings.all_findings(small, {})}
     assert verdicts[1] == verdicts[2] == verdicts[3] == verdicts[8] == NOT_ENOUGH
-
-
-def test_no_storage_no_studies(tmp_path):
-    assert analyse.load_studies(None) == {}
-    assert not (tmp_path / "optuna.db").exists()

@@ -1,0 +1,66 @@
+"""Every metric moonvae logs: its name, where it is logged, and what it means.
+
+The one home of metric definitions. A new metric is defined here first, then
+computed by the layer that owns its scope: `train.py` per epoch, `experiment.py`
+at the end of a run, `summary.py` on a study run, `evaluate.py` in `analyse`.
+Tests hold each layer's names, and the README's metric table, to this list.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+N_EVAL = 2000  # points per sample in `analyse`: a few thousand keep MMD's noise below the gaps between models
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    scope: str  # epoch (step = epoch), run (end of a train run or trial), study (study run), analyse (per model)
+    meaning: str
+
+
+METRICS = (
+    Metric("train_loss", "epoch", "mse + beta * kl on the training split, averaged over the epoch's batches"),
+    Metric("val_loss", "epoch", "mse + beta * kl on the validation split (posterior mean)"),
+    Metric("val_mse", "epoch", "squared error on the validation split, summed and divided by its element count"),
+    Metric("val_kl", "epoch", "KL(q(z|x) || N(0, I)) on the validation split, divided by the same count"),
+    Metric("lr", "epoch", "the learning rate the epoch ran with (ReduceLROnPlateau lowers it)"),
+    Metric("best_val_mse", "run", "the lowest val_mse; the weights of that epoch are the ones kept"),
+    Metric("best_epoch", "run", "the epoch of best_val_mse"),
+    Metric("epochs", "run", "epochs trained before early stopping or max_epochs"),
+    Metric("test_mse", "run", "squared error on the test split with the kept weights"),
+    Metric("test_kl", "run", "KL term on the test split"),
+    Metric("test_loss", "run", "test_mse + beta * test_kl"),
+    Metric("best_val_mse", "study", "the study's best trial's best_val_mse (the objective)"),
+    Metric("best_trial", "study", "the number of that trial"),
+    Metric("best_test_mse", "study", "that trial's test_mse"),
+    Metric("best_test_kl", "study", "that trial's test_kl"),
+    Metric("best_test_loss", "study", "that trial's test_loss"),
+    Metric("trials_complete", "study", "trials that trained to the end"),
+    Metric("trials_pruned", "study", "trials the pruner stopped"),
+    Metric("trials_fail", "study", "trials that failed (they do not count towards n_trials)"),
+    Metric("wall_seconds", "study", "wall time of the last call on the study"),
+    Metric("test_mse", "analyse", "test_mse recomputed from the loaded model on its own test split"),
+    Metric("test_kl", "analyse", "test_kl recomputed the same way"),
+    Metric("fresh_mse", "analyse", "squared error on fresh points from the data generator"),
+    Metric("fresh_kl", "analyse", "KL term on the same fresh points"),
+    Metric("mmd_bandwidth", "analyse", "the RBF kernel's bandwidth: median distance between the real points"),
+    Metric("mmd_floor", "analyse", "squared MMD between two independent real samples: what a perfect model reaches"),
+    Metric("prior_mmd", "analyse", "squared MMD between real points and samples decoded from z ~ N(0, I)"),
+    Metric("posterior_mmd", "analyse", "squared MMD between real points and aggregate-posterior samples"),
+    Metric("c2st_floor_accuracy", "analyse", "k-NN real-vs-real held-out accuracy: what indistinguishable gives"),
+    Metric("prior_c2st_accuracy", "analyse", "k-NN held-out accuracy telling real points from prior samples"),
+    Metric("posterior_c2st_accuracy", "analyse", "the same for aggregate-posterior samples"),
+    Metric("moon_classifier_accuracy", "analyse", "a k-NN moon classifier's accuracy on real points: the ceiling"),
+    Metric("prior_conditional_accuracy", "analyse", "CVAE: share of prior samples on the requested moon"),
+    Metric("posterior_conditional_accuracy", "analyse", "CVAE: the same for aggregate-posterior samples"),
+    Metric("latent_moon_accuracy", "analyse", "5-fold k-NN accuracy of the moon read off the training latents"),
+)
+
+SCOPES = ("epoch", "run", "study", "analyse")
+
+
+def names(scope: str) -> tuple[str, ...]:
+    """The metric names of one scope, in definition order."""
+    return tuple(metric.name for metric in METRICS if metric.scope == scope)

@@ -1,0 +1,44 @@
+"""Every metric has one definition: each layer logs exactly the names `metrics.py` gives its scope."""
+
+import re
+
+import pytest
+from conftest import ROOT
+
+from moonvae import data, evaluate, metrics
+from moonvae.experiment import Outcome
+from moonvae.models import build_model, latent_bank
+from moonvae.train import evaluate as loss_terms
+from moonvae.train import fit
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from moonvae.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+
+    config = RunConfig(DataConfig(n_samples=400), ModelConfig(model="cvae", latent_dim=4), TrainConfig(max_epochs=3))
+    moons = data.load(config.data, tmp_path_factory.mktemp("data"))
+    network = build_model(config.model, config.train.seed)
+    result = fit(network, moons.train, moons.val, config.train)
+    return config, moons, network, result
+
+
+def test_epoch_and_run_metrics_are_the_defined_ones(trained):
+    _, moons, network, result = trained
+    assert tuple(result.history[0].as_dict()) == metrics.names("epoch")
+    outcome = Outcome(network, result, loss_terms(network, moons.test), moons, model_info=None)
+    assert tuple(outcome.final_metrics()) == metrics.names("run")
+
+
+def test_analyse_metrics_are_the_defined_ones(trained):
+    config, moons, network, _ = trained
+    bank = latent_bank(network, moons.train.x, moons.train.y)
+    values, _ = evaluate.evaluate_model(network, bank, moons, config.data, n=200)
+    assert set(values) | {"latent_moon_accuracy"} == set(metrics.names("analyse"))
+
+
+def test_the_readme_table_lists_every_metric_once():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n## Metrics\n", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `([a-z_0-9]+)` \| ([a-z]+) \|", section, flags=re.MULTILINE)
+    assert rows == [(metric.name, metric.scope) for metric in metrics.METRICS]
