@@ -1,40 +1,36 @@
-"""The `moonvae` command: parses and validates options, then calls the library.
+"""The `moonvae` command and the MLproject's entry points: parse and validate options, then call the library.
 
-Option names mirror the MLproject parameters (`--latent-dim` for `-P latent_dim=`).
-Every user error ends in one line on stderr and exit code 2; no run is left RUNNING.
+Option names mirror the MLproject parameters (`--latent-dim` for `-P latent_dim=`);
+`entrypoints/*.py` run these same commands. Every user error ends in one line on
+stderr and exit code 2, and no run is left RUNNING. Only click and the configs are
+imported up front: torch, MLflow, Optuna and the analysis stack load inside the
+command that needs them, so `--help` and a typo answer at once.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
-from mlflow.entities import RunStatus
-from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
-from moonvae import tracking
-from moonvae.analyse import DEFAULT_MODELS, AnalyseError, default_storage, load_subjects
-from moonvae.analyse import analyse as run_analysis
-from moonvae.config import ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig
-from moonvae.evaluate import N_EVAL
-from moonvae.train import EpochMetrics, TrainingDiverged, one_torch_thread
+from moonvae import registry
+from moonvae.config import MODELS, N_TRIALS, ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig
+from moonvae.metrics import N_EVAL
 
 EPOCH_LINE_EVERY = 25  # print one console line per this many epochs
-CHAMPION = "champion"  # the alias users load: models:/NAME@champion
+CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 
-class OneLineErrors(click.Group):
+class OneLineErrors:
     """Print usage errors as one line (`moonvae: error: ...`) instead of click's usage block."""
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         try:
-            return super().main(*args, standalone_mode=False, **kwargs)
+            return super().main(*args, standalone_mode=False, **kwargs)  # type: ignore[misc]
         except click.exceptions.Exit as done:
             sys.exit(done.exit_code)
         except click.Abort:
@@ -44,32 +40,43 @@ class OneLineErrors(click.Group):
             fail(error.format_message(), code=error.exit_code)
 
 
+class Command(OneLineErrors, click.Command):
+    pass
+
+
+class Group(OneLineErrors, click.Group):
+    pass
+
+
 def fail(message: str, code: int = 2) -> None:
     """Report a user error in one line, marking an `mlflow run` run FAILED so none stays RUNNING."""
     run_id = os.environ.get("MLFLOW_RUN_ID")
     if run_id:
-        tracking.end_run(tracking.client(), run_id, RunStatus.FAILED, message)
+        from moonvae import tracking
+
+        tracking.end_run(tracking.client(), run_id, tracking.FAILED, message)
     click.echo(f"moonvae: error: {message}", err=True)
     sys.exit(code)
 
 
 def _defaults(part: type) -> dict[str, Any]:
-    return {name: field.default for name, field in part.__dataclass_fields__.items()}
+    values = {name: field.default for name, field in part.__dataclass_fields__.items()}
+    return {key: ",".join(map(str, value)) if isinstance(value, tuple) else value for key, value in values.items()}
 
 
 DATA, MODEL, TRAIN = _defaults(DataConfig), _defaults(ModelConfig), _defaults(TrainConfig)
 
 
-# (name, type, default, help) of every training parameter, under its MLproject name
+# (name, type, default, help) of every training parameter, under its MLproject name; defaults from config.py
 TRAINING_PARAMETERS: list[tuple[str, type, Any, str | None]] = [
-    ("model", str, "vae", "vae or cvae"),
+    ("model", str, MODEL["model"], " or ".join(MODELS)),
     ("n_samples", int, DATA["n_samples"], None),
     ("noise", float, DATA["noise"], None),
     ("data_seed", int, DATA["data_seed"], None),
     ("batch_size", int, TRAIN["batch_size"], None),
     ("lr", float, TRAIN["lr"], None),
-    ("encoder_hidden", str, "8", "width, or widths as 16,8"),
-    ("decoder_hidden", str, "128", "width, or widths as 64,128"),
+    ("encoder_hidden", str, MODEL["encoder_hidden"], "width, or widths as 16,8"),
+    ("decoder_hidden", str, MODEL["decoder_hidden"], "width, or widths as 64,128"),
     ("latent_dim", int, MODEL["latent_dim"], None),
     ("beta", float, MODEL["beta"], "KL weight"),
     ("eps_w", float, MODEL["eps_w"], "reparameterisation noise weight"),
@@ -111,7 +118,7 @@ def run_config(values: dict[str, Any]) -> RunConfig:
         raise  # unreachable: fail exits
 
 
-def print_epoch(metrics: EpochMetrics) -> None:
+def print_epoch(metrics: Any) -> None:  # a train.EpochMetrics
     if metrics.epoch % EPOCH_LINE_EVERY == 0:
         click.echo(
             f"epoch {metrics.epoch:4d}  train_loss {metrics.train_loss:.5f}  val_mse {metrics.val_mse:.5f}  "
@@ -119,32 +126,23 @@ def print_epoch(metrics: EpochMetrics) -> None:
         )
 
 
-@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
-def main() -> None:
-    """Train, tune and analyse a VAE and a CVAE on the two-moons data, tracked with MLflow."""
-
-
-def registered_model_name(name: str) -> str:
-    """A registry name usable in `models:/NAME@champion`, or a one-line error."""
-    if not name.strip() or any(char in name for char in "/:@"):
-        fail(f"register must be a model name without '/', ':' or '@', got {name!r}")
-    return name
-
-
-@main.command()
+@click.command(cls=Command, context_settings=CONTEXT)
 @training_options
 @click.option(
     "--register",
     default="",
     metavar="NAME",
-    help="register the model as a new version of NAME with alias champion (empty: do not register)",
+    help=f"register the model as a new version of NAME with alias {registry.CHAMPION} (empty: do not register)",
 )
 def train(register: str, **values: Any) -> None:
     """Train one model and log it as an MLflow run (params, per-epoch metrics, plots, model)."""
-    from moonvae.experiment import run_training
-
     config = run_config(values)
-    name = registered_model_name(register) if register else None
+    if register and not registry.valid_name(register):
+        fail(f"register must be a model name without '/', ':' or '@', got {register!r}")
+    from moonvae import tracking
+    from moonvae.experiment import run_training
+    from moonvae.train import TrainingDiverged, one_torch_thread
+
     mlflow_client = tracking.client()
     resume = os.environ.get("MLFLOW_RUN_ID")
     try:
@@ -154,8 +152,8 @@ def train(register: str, **values: Any) -> None:
         ):
             click.echo(f"run {run_id} on {tracking.tracking_uri()}")
             outcome = run_training(config, mlflow_client, run_id, on_epoch=print_epoch)
-            if name:
-                version = tracking.register_model(mlflow_client, outcome.model_info, name, alias=CHAMPION)
+            if register:
+                version = tracking.register_model(mlflow_client, outcome.model_info, register)
     except TrainingDiverged as error:
         fail(str(error), code=1)
     metrics = outcome.final_metrics()
@@ -163,14 +161,16 @@ def train(register: str, **values: Any) -> None:
         f"done: {metrics['epochs']} epochs, best val_mse {metrics['best_val_mse']:.5f} "
         f"(epoch {metrics['best_epoch']}), test_mse {metrics['test_mse']:.5f}, test_kl {metrics['test_kl']:.5f}"
     )
-    if name:
-        click.echo(f"registered {name} version {version}: load it with models:/{name}@{CHAMPION}")
+    if register:
+        click.echo(f"registered {register} version {version}: load it with models:/{register}@{registry.CHAMPION}")
 
 
-@main.command()
-@click.option("--model", default="both", show_default=True, help="vae, cvae, or both (one study each)")
+@click.command(cls=Command, context_settings=CONTEXT)
+@click.option("--model", default="both", show_default=True, help=f"{', '.join(MODELS)}, or both (one study each)")
 @click.option("--space", default="basic", show_default=True, help="basic (TPE), data (grid) or probabilistic (random)")
-@click.option("--n-trials", "--n_trials", "n_trials", type=int, default=None, help="trials each study holds at the end")
+@click.option(
+    "--n-trials", "--n_trials", "n_trials", type=int, default=N_TRIALS, show_default=True, help="trials per study"
+)
 @click.option(
     "--study-name", "--study_name", "study_name", default="auto", show_default=True, help="auto: moonvae-MODEL-SPACE"
 )
@@ -187,7 +187,7 @@ def train(register: str, **values: Any) -> None:
 def tune(
     model: str,
     space: str,
-    n_trials: int | None,
+    n_trials: int,
     study_name: str,
     storage: str,
     n_jobs: int,
@@ -196,17 +196,10 @@ def tune(
     **fixed: Any,
 ) -> None:
     """Tune with Optuna: a study per model, each trial a nested MLflow run, the best model registered."""
-    import optuna
-
-    from moonvae import search
-
-    # The progress bar and one line per trial say enough: MLflow repeats the same notices for every trial.
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)
-    for notice in ("The specified dataset source can be interpreted", ".*An input example was not provided"):
-        warnings.filterwarnings("ignore", message=notice, category=UserWarning)
     if timeout < 0:
         fail(f"timeout must be a number of seconds >= 0, got {timeout!r}")
+    from moonvae import search, studies, tracking
+
     try:
         plan = search.plan(
             model,
@@ -221,7 +214,7 @@ def tune(
         )
     except ConfigError as error:
         fail(str(error))
-    click.echo(f"tracking {tracking.tracking_uri()}, studies in {search.redact(plan.storage_url)}")
+    click.echo(f"tracking {tracking.tracking_uri()}, studies in {studies.redact(plan.storage_url)}")
     try:
         results = search.run(plan, tracking.client(), entry_run_id=os.environ.get("MLFLOW_RUN_ID"))
     except search.TooManyFailures as error:
@@ -239,17 +232,14 @@ def tune(
             click.echo(f"  registered {name} version {version} as @{alias}: models:/{name}@{alias}")
 
 
-@main.command()
-@click.option("--vae", default=DEFAULT_MODELS["vae"], show_default=True, help="VAE model URI or run id; 'none' skips")
-@click.option(
-    "--cvae", default=DEFAULT_MODELS["cvae"], show_default=True, help="CVAE model URI or run id; 'none' skips"
-)
+@click.command(cls=Command, context_settings=CONTEXT)
+@click.option("--vae", default=registry.model_uri("vae"), show_default=True, help="model URI or run id; 'none' skips")
+@click.option("--cvae", default=registry.model_uri("cvae"), show_default=True, help="model URI or run id; 'none' skips")
 @click.option("--output", type=click.Path(dir_okay=False), default="report.html", show_default=True)
 @click.option("--n-eval", type=int, default=N_EVAL, show_default=True, help="points per sample for the metrics")
 @click.option("--seed", type=int, default=0, show_default=True, help="seed of the samples, classifiers and UMAP")
 @click.option("--storage", default="", help="Optuna storage of the studies [default: optuna.db beside mlflow.db]")
-@click.option("--study-prefix", default="moonvae", show_default=True, help="studies are PREFIX-{vae,cvae}-{space}")
-def analyse(vae: str, cvae: str, output: str, n_eval: int, seed: int, storage: str, study_prefix: str) -> None:
+def analyse(vae: str, cvae: str, output: str, n_eval: int, seed: int, storage: str) -> None:
     """Measure the registered models, check the study's findings, write report.html; one MLflow run `analyse`."""
     references = {kind: ref for kind, ref in (("vae", vae), ("cvae", cvae)) if ref.strip().lower() != "none"}
     if not references:
@@ -258,25 +248,38 @@ def analyse(vae: str, cvae: str, output: str, n_eval: int, seed: int, storage: s
         fail(f"n_eval must be an integer >= 100, got {n_eval}")
     if seed < 0:
         fail(f"seed must be an integer >= 0, got {seed}")
+    from moonvae import studies, tracking
+    from moonvae.analyse import AnalyseError, load_subjects
+    from moonvae.analyse import analyse as run_analysis
+
     mlflow_client = tracking.client()
     try:
         subjects = load_subjects(references)
     except AnalyseError as error:
         fail(str(error))
     resume = os.environ.get("MLFLOW_RUN_ID")
-    with tracking.run(mlflow_client, "analyse", resume_run_id=resume, tags={MLFLOW_RUN_NAME: "analyse"}) as run_id:
+    with tracking.run(mlflow_client, "analyse", resume_run_id=resume) as run_id:
         click.echo(f"run {run_id} on {tracking.tracking_uri()}")
         result = run_analysis(
             subjects,
             Path(output),
             mlflow_client=mlflow_client,
             run_id=run_id,
-            storage=storage or default_storage(),
-            study_prefix=study_prefix,
+            storage=storage or studies.existing_default_storage(),
             n_eval=n_eval,
             seed=seed,
             progress=click.echo,
         )
+    click.echo(f"studies read: {result.studies.cited() or 'none'}")
     for finding in result.findings:
         click.echo(f"finding {finding.number}: {finding.verdict}")
     click.echo(f"done: {len(result.metrics)} metrics, {len(result.figures)} figures in {output}")
+
+
+@click.group(cls=Group, context_settings=CONTEXT)
+def main() -> None:
+    """Train, tune and analyse a VAE and a CVAE on the two-moons data, tracked with MLflow."""
+
+
+for command in (train, tune, analyse):
+    main.add_command(command)

@@ -1,5 +1,8 @@
 """The `moonvae train` command and the `mlflow run . -e train` entry point, on a temporary sqlite store."""
 
+import subprocess
+import sys
+
 import pytest
 from conftest import mlflow_run, moonvae
 from mlflow.tracking import MlflowClient
@@ -70,3 +73,17 @@ def test_mlflow_run_bad_parameter_fails_cleanly(workdir):
     assert "moonvae: error: latent_dim must be an integer >= 1, got -3" in done.stderr
     _, (run,) = runs(workdir)
     assert run.info.status == "FAILED"
+
+
+HEAVY = ("torch", "mlflow", "optuna", "plotly", "umap", "sklearn")
+
+
+@pytest.mark.parametrize("args", [["--help"], ["tune", "--help"], ["train", "--n-sample", "5"]])
+def test_help_and_typos_answer_without_the_heavy_stack(workdir, args):
+    script = (
+        "import sys\nfrom moonvae.cli import main\n"
+        f"try:\n    code = main({args!r}, prog_name='moonvae')\nexcept SystemExit as done:\n    code = done.code\n"
+        f"print(code, sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=workdir, capture_output=True, text=True)
+    assert done.stdout.strip().splitlines()[-1] == ("0 []" if "--help" in args else "2 []"), done.stderr

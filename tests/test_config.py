@@ -1,6 +1,10 @@
 import pytest
+import yaml
+from conftest import ROOT
 
-from moonvae.config import ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig, parse_widths
+from moonvae import cli, registry
+from moonvae.config import N_TRIALS, ConfigError, DataConfig, ModelConfig, RunConfig, parse_widths
+from moonvae.metrics import N_EVAL
 
 
 @pytest.mark.parametrize(
@@ -33,7 +37,6 @@ def test_defaults_are_the_studys():
     assert (config.model.encoder_hidden, config.model.latent_dim, config.model.decoder_hidden) == ((8,), 128, (128,))
     assert (config.model.beta, config.model.eps_w) == (1.0, 0.1)
     assert (config.train.batch_size, config.train.lr, config.train.patience, config.train.seed) == (256, 1e-3, 100, 42)
-    assert config.train == TrainConfig()
 
 
 def test_widths_parse_from_strings_and_lists():
@@ -47,3 +50,32 @@ def test_round_trips_through_flat_params_and_dict():
     assert config.params()["encoder_hidden"] == "16,8"
     assert RunConfig.from_dict(config.to_dict()) == config
     assert set(config.params()) >= {"model", "n_samples", "noise", "data_seed", "batch_size", "lr", "latent_dim"}
+
+
+def test_mlproject_and_the_cli_take_their_defaults_from_the_configs():
+    """One home for each default: a config default changed alone makes this fail."""
+    entry_points = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"]
+    config_defaults = RunConfig().params()
+    options = {option.name: option.default for option in cli.train.params}
+    for name, _, default, _ in cli.TRAINING_PARAMETERS:
+        assert str(entry_points["train"]["parameters"][name]["default"]) == str(default), name
+        assert str(options[name]) == str(default), name
+        if name != "model":
+            assert str(default) == config_defaults[name], name
+    assert entry_points["tune"]["parameters"]["n_trials"]["default"] == N_TRIALS
+    assert {option.name: option.default for option in cli.tune.params}["n_trials"] == N_TRIALS
+    analyse = entry_points["analyse"]["parameters"]
+    assert analyse["n_eval"]["default"] == N_EVAL
+    assert (analyse["vae"]["default"], analyse["cvae"]["default"]) == (
+        registry.model_uri("vae"),
+        registry.model_uri("cvae"),
+    )
+
+
+def test_every_entry_point_runs_its_script_with_every_parameter():
+    entry_points = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"]
+    for name, entry in entry_points.items():
+        assert entry["command"].startswith(f"python -m entrypoints.{name} ")
+        assert (ROOT / "entrypoints" / f"{name}.py").exists()
+        for parameter in entry["parameters"]:
+            assert f"={{{parameter}}}" in entry["command"], (name, parameter)
