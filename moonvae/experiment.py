@@ -11,13 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from mlflow.models.model import ModelInfo
-from mlflow.tracking import MlflowClient
 
 from moonvae import data as moons
 from moonvae import plots, pyfunc, tracking
 from moonvae.config import RunConfig
 from moonvae.models import VAE, LossTerms, build_model
+from moonvae.tracking import Client, ModelInfo
 from moonvae.train import EpochCallback, EpochMetrics, TrainResult, evaluate, fit
 
 SAMPLE_SEED = 0  # prior samples in the logged plot
@@ -47,7 +46,7 @@ def prior_samples(network: VAE, labels: torch.Tensor, seed: int = SAMPLE_SEED) -
     return network.sample(len(labels), labels, torch.Generator().manual_seed(seed)).numpy()
 
 
-def log_plots(mlflow_client: MlflowClient, run_id: str, network: VAE, data: moons.MoonsData) -> None:
+def log_plots(mlflow_client: Client, run_id: str, network: VAE, data: moons.MoonsData) -> None:
     test = data.test
     with torch.inference_mode():
         reconstruction = network(test.x, test.y)[0].numpy()
@@ -75,7 +74,7 @@ def log_plots(mlflow_client: MlflowClient, run_id: str, network: VAE, data: moon
 
 def run_training(
     config: RunConfig,
-    mlflow_client: MlflowClient,
+    mlflow_client: Client,
     run_id: str,
     *,
     on_epoch: EpochCallback | None = None,

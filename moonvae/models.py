@@ -87,13 +87,18 @@ class VAE(nn.Module):
         """Mean and log-variance of q(z|x)."""
         return self.encoder(self._condition(x, y))
 
+    def draw_latent(
+        self, mean: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """A draw of q(z|x) as the study defines it: z = mean + eps_w * eps * std (noise scaled by eps_w)."""
+        eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
+        return mean + self.config.eps_w * eps * torch.exp(0.5 * logvar)
+
     def reparameterize(
         self, mean: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        if not self.training:
-            return mean
-        eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
-        return mean + self.config.eps_w * eps * torch.exp(0.5 * logvar)
+        """A draw of q(z|x) while training; the posterior mean in eval mode, so evaluation is deterministic."""
+        return self.draw_latent(mean, logvar, generator) if self.training else mean
 
     def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         return self.decoder(self._condition(z, y))
@@ -130,9 +135,7 @@ class VAE(nn.Module):
                 if len(pool) == 0:
                     raise ValueError(f"the latent bank holds no point with label {int(label)}")
                 index[rows] = pool[torch.randint(len(pool), (len(rows),), generator=generator)]
-        eps = torch.randn((n, self.config.latent_dim), generator=generator)
-        z = bank.mean[index] + self.config.eps_w * eps * torch.exp(0.5 * bank.logvar[index])
-        return self.decode(z, y)
+        return self.decode(self.draw_latent(bank.mean[index], bank.logvar[index], generator), y)
 
     def loss(self, x: torch.Tensor, x_hat: torch.Tensor, latents: dict[str, torch.Tensor]) -> LossTerms:
         """The study's beta-ELBO with mean reduction over batch x data dims."""

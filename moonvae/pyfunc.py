@@ -170,10 +170,7 @@ class MoonVAEModel(mlflow.pyfunc.PythonModel):
 
     def _reconstruct(self, x: torch.Tensor, labels: torch.Tensor | None, options: dict[str, Any]) -> pd.DataFrame:
         mean, logvar = self.network.encode(x, labels)
-        z = mean
-        if options["stochastic"]:  # as in training: z = mean + eps_w * eps * std
-            eps = torch.randn(mean.shape, generator=make_generator(options["seed"]))
-            z = mean + self.network.config.eps_w * eps * torch.exp(0.5 * logvar)
+        z = self.network.draw_latent(mean, logvar, make_generator(options["seed"])) if options["stochastic"] else mean
         return xy_frame(self.network.decode(z, labels))
 
     def _encode(self, x: torch.Tensor, labels: torch.Tensor | None, options: dict[str, Any]) -> pd.DataFrame:
