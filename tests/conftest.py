@@ -20,14 +20,22 @@ from moonvae.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def use_folder(folder: Path, patch: pytest.MonkeyPatch) -> Path:
+    """Work in `folder`, with its own sqlite tracking store and none of `mlflow run`'s variables.
+
+    The one test environment: the `workdir` fixture, module-scoped stores and notebooks all use it.
+    """
+    patch.chdir(folder)  # the default experiment keeps its artifacts in ./mlruns
+    patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlflow.db'}")
+    for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        patch.delenv(name, raising=False)
+    return folder
+
+
 @pytest.fixture
 def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh working directory with its own sqlite tracking store and no `mlflow run` variables."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
-        monkeypatch.delenv(name, raising=False)
-    return tmp_path
+    """A fresh working directory with its own sqlite tracking store."""
+    return use_folder(tmp_path, monkeypatch)
 
 
 @pytest.fixture

@@ -7,29 +7,27 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
+from conftest import use_folder
 
 from moonvae import tracking
 from moonvae.config import RunConfig
 from moonvae.experiment import Outcome, run_training
+from moonvae.tracking import Client
 from moonvae.train import one_torch_thread
 
 
 @contextmanager
-def tracking_store(path: Path) -> Iterator[MlflowClient]:
+def tracking_store(path: Path) -> Iterator[Client]:
     """A fresh sqlite store (artifacts beside it) that the process tracks to while the context lasts.
 
     For module-scoped fixtures, which cannot use the function-scoped `workdir`.
     """
     with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(path)  # the default experiment keeps its artifacts in ./mlruns
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{path / 'mlflow.db'}")
-        for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
-            patch.delenv(name, raising=False)
+        use_folder(path, patch)
         yield tracking.client()
 
 
-def train_and_register(client: MlflowClient, config: RunConfig, name: str) -> tuple[str, Outcome]:
+def train_and_register(client: Client, config: RunConfig, name: str) -> tuple[str, Outcome]:
     """Train `config` in a run, log the model, register it as `name` with alias champion; returns the run id."""
     with one_torch_thread(), tracking.run(client, f"train-{name}") as run_id:
         outcome = run_training(config, client, run_id, cache_dir=Path("data"))
