@@ -29,6 +29,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.models.model import ModelInfo
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 from moonvae.config import RunConfig
@@ -278,9 +279,16 @@ def log_model(run_id: str, network: VAE, config: RunConfig, train: Split, name: 
         torch.save(network.state_dict(), files[WEIGHTS])
         files[CONFIG].write_text(json.dumps(config.to_dict(), indent=2))
         torch.save(latents, files[LATENTS])
+        # created here so it belongs to the run's experiment: Model.log alone would put it in the fluent
+        # API's current experiment, which is Default for a run made through the client
+        run = MlflowClient().get_run(run_id)
+        logged = mlflow.initialize_logged_model(
+            name=name, source_run_id=run_id, params=run.data.params, experiment_id=run.info.experiment_id
+        )
         return Model.log(
             artifact_path=None,
             name=name,
+            model_id=logged.model_id,
             flavor=mlflow.pyfunc,
             run_id=run_id,
             python_model=str(MODEL_CODE),
