@@ -8,6 +8,7 @@ costs more than training these models.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -23,6 +24,7 @@ import numpy as np
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
 from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
+from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from moonvae.registry import CHAMPION
@@ -30,6 +32,7 @@ from moonvae.registry import CHAMPION
 MAX_BATCH = 1000  # log_batch accepts at most 1000 metrics per call
 STATUS_REASON_TAG = "moonvae.status_reason"
 FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"  # how a run ends, as MLflow names it
+EXPERIMENT = "moonvae"  # where runs go unless MLFLOW_EXPERIMENT_NAME / _ID or `mlflow run --experiment-name` say
 
 Client = MlflowClient  # the type other modules annotate with, so that only this module imports MLflow
 
@@ -56,14 +59,30 @@ def client() -> MlflowClient:
 
 
 def experiment_id(mlflow_client: MlflowClient) -> str:
-    """The experiment `mlflow run` chose, or MLFLOW_EXPERIMENT_NAME, or Default."""
+    """The experiment `mlflow run` chose, or MLFLOW_EXPERIMENT_NAME, or `moonvae` (created on first use)."""
     if os.environ.get("MLFLOW_EXPERIMENT_ID"):
         return os.environ["MLFLOW_EXPERIMENT_ID"]
-    name = os.environ.get("MLFLOW_EXPERIMENT_NAME")
-    if not name:
-        return "0"
+    name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or EXPERIMENT
     found = mlflow_client.get_experiment_by_name(name)
-    return found.experiment_id if found else mlflow_client.create_experiment(name)
+    if found:
+        return found.experiment_id
+    try:
+        return mlflow_client.create_experiment(name)
+    except mlflow.exceptions.MlflowException:  # another worker created it a moment ago
+        return mlflow_client.get_experiment_by_name(name).experiment_id
+
+
+@functools.cache
+def _context_tags() -> tuple[tuple[str, str], ...]:
+    return tuple(resolve_tags().items())
+
+
+def context_tags() -> dict[str, str]:
+    """The lineage tags the fluent API sets: source name and type, git commit (in a checkout), user.
+
+    Computed once per process: asking git for every trial's run would cost more than logging it.
+    """
+    return dict(_context_tags())
 
 
 @contextmanager
@@ -93,7 +112,8 @@ def run(
             mlflow_client.delete_tag(run_id, STATUS_REASON_TAG)
         set_tags(mlflow_client, run_id, all_tags | {MLFLOW_RUN_NAME: run_name})
     else:
-        run_id = mlflow_client.create_run(experiment_id(mlflow_client), run_name=run_name, tags=all_tags).info.run_id
+        tags = context_tags() | all_tags
+        run_id = mlflow_client.create_run(experiment_id(mlflow_client), run_name=run_name, tags=tags).info.run_id
     try:
         yield run_id
     except KeyboardInterrupt:
@@ -159,6 +179,19 @@ def log_params(mlflow_client: MlflowClient, run_id: str, params: dict[str, Any])
     missing = [Param(key, str(value)) for key, value in params.items() if key not in existing]
     for start in range(0, len(missing), 100):  # log_batch takes at most 100 params per call
         mlflow_client.log_batch(run_id, params=missing[start : start + 100])
+
+
+def log_metrics(mlflow_client: MlflowClient, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+    """A few points at once, in one call (for many points per run, use MetricBuffer)."""
+    timestamp = int(time.time() * 1000)
+    points = [Metric(key, float(value), timestamp, step) for key, value in metrics.items()]
+    if points:
+        mlflow_client.log_batch(run_id, metrics=points)
+
+
+def metric_steps(mlflow_client: MlflowClient, run_id: str, key: str) -> set[int]:
+    """The steps at which a run already holds `key`."""
+    return {point.step for point in mlflow_client.get_metric_history(run_id, key)}
 
 
 class MetricBuffer:

@@ -49,7 +49,8 @@ def registry(tmp_path_factory):
 
 def analyse_runs(workdir):
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
-    return client, [run for run in client.search_runs(["0"]) if run.info.run_name == "analyse"]
+    experiments = [experiment.experiment_id for experiment in client.search_experiments()]
+    return client, [run for run in client.search_runs(experiments) if run.info.run_name == "analyse"]
 
 
 @pytest.mark.slow

@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import mlflow_run, moonvae
+from conftest import ROOT, mlflow_run, moonvae
 from mlflow.tracking import MlflowClient
 
 
@@ -33,6 +33,12 @@ def test_train_logs_a_complete_run(workdir):
     }
     assert run.inputs.dataset_inputs[0].dataset.name == "moons_400_0.15_42"
     assert len(run.outputs.model_outputs) == 1
+    # lineage: a run of this checkout's code names its source and commit, in the project's experiment
+    assert client.get_experiment(run.info.experiment_id).name == "moonvae"
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    assert run.data.tags["mlflow.source.git.commit"] == commit
+    assert run.data.tags["mlflow.source.name"].endswith("__main__.py") and run.data.tags["mlflow.user"]
+    assert run.data.tags["moonvae.kind"] == "train"
 
 
 @pytest.mark.parametrize(

@@ -275,7 +275,7 @@ def test_train_register_makes_the_new_version_champion(workdir):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "registered moons version 1: load it with models:/moons@champion" in done.stdout
     client = tracking.client()
-    (run,) = client.search_runs(["0"])
+    (run,) = client.search_runs([tracking.experiment_id(client)])
     version = client.get_model_version_by_alias("moons", "champion")
     assert int(version.version) == 1 and version.run_id == run.info.run_id and run.info.status == "FINISHED"
     assert client.get_registered_model("moons").description == pyfunc.DESCRIPTION
