@@ -148,7 +148,9 @@ def train(register: str, **values: Any) -> None:
     try:
         with (
             one_torch_thread(),
-            tracking.run(mlflow_client, f"train-{config.model.model}", resume_run_id=resume) as run_id,
+            tracking.run(
+                mlflow_client, f"train-{config.model.model}", resume_run_id=resume, tags={"moonvae.kind": "train"}
+            ) as run_id,
         ):
             click.echo(f"run {run_id} on {tracking.tracking_uri()}")
             outcome = run_training(config, mlflow_client, run_id, on_epoch=print_epoch)
@@ -200,6 +202,11 @@ def tune(
         fail(f"timeout must be a number of seconds >= 0, got {timeout!r}")
     from moonvae import search, studies, tracking
 
+    if os.environ.get("MLFLOW_RUN_ID") and studies.has_password(storage):
+        fail(
+            "the storage URL holds a password, and mlflow run stores -P values as run params in clear: "
+            "leave it out and set PGPASSWORD or ~/.pgpass"
+        )
     try:
         plan = search.plan(
             model,
@@ -258,7 +265,7 @@ def analyse(vae: str, cvae: str, output: str, n_eval: int, seed: int, storage: s
     except AnalyseError as error:
         fail(str(error))
     resume = os.environ.get("MLFLOW_RUN_ID")
-    with tracking.run(mlflow_client, "analyse", resume_run_id=resume) as run_id:
+    with tracking.run(mlflow_client, "analyse", resume_run_id=resume, tags={"moonvae.kind": "analyse"}) as run_id:
         click.echo(f"run {run_id} on {tracking.tracking_uri()}")
         result = run_analysis(
             subjects,

@@ -16,7 +16,7 @@ N_EVAL = 2000  # points per sample in `analyse`: a few thousand keep MMD's noise
 @dataclass(frozen=True)
 class Metric:
     name: str
-    scope: str  # epoch (step = epoch), run (end of a train run or trial), study (study run), analyse (per model)
+    scope: str  # epoch (step = epoch), run (a train run or trial), study (study run), tune (entry run), analyse
     meaning: str
 
 
@@ -32,7 +32,8 @@ METRICS = (
     Metric("test_mse", "run", "squared error on the test split with the kept weights"),
     Metric("test_kl", "run", "KL term on the test split"),
     Metric("test_loss", "run", "test_mse + beta * test_kl"),
-    Metric("best_val_mse", "study", "the study's best trial's best_val_mse (the objective)"),
+    Metric("trial_val_mse", "study", "each complete trial's best_val_mse (step = trial number)"),
+    Metric("best_val_mse", "study", "the best best_val_mse among trials up to this one (step = trial number)"),
     Metric("best_trial", "study", "the number of that trial"),
     Metric("best_test_mse", "study", "that trial's test_mse"),
     Metric("best_test_kl", "study", "that trial's test_kl"),
@@ -41,6 +42,9 @@ METRICS = (
     Metric("trials_pruned", "study", "trials the pruner stopped"),
     Metric("trials_fail", "study", "trials that failed (they do not count towards n_trials)"),
     Metric("wall_seconds", "study", "wall time of the last call on the study"),
+    Metric("best_val_mse", "tune", "per model: the study's best (on the `mlflow run` entry run with model=both)"),
+    Metric("trials_complete", "tune", "per model: the study's complete trials"),
+    Metric("wall_seconds", "tune", "per model: the study's wall time in this call"),
     Metric("test_mse", "analyse", "test_mse recomputed from the loaded model on its own test split"),
     Metric("test_kl", "analyse", "test_kl recomputed the same way"),
     Metric("fresh_mse", "analyse", "squared error on fresh points from the data generator"),
@@ -58,7 +62,7 @@ METRICS = (
     Metric("latent_moon_accuracy", "analyse", "5-fold k-NN accuracy of the moon read off the training latents"),
 )
 
-SCOPES = ("epoch", "run", "study", "analyse")
+SCOPES = ("epoch", "run", "study", "tune", "analyse")
 
 
 def names(scope: str) -> tuple[str, ...]:

@@ -28,6 +28,7 @@ from optuna.storages._heartbeat import get_heartbeat_thread  # what Study.optimi
 from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
+from moonvae import data as moons
 from moonvae import spaces, studies, summary, tracking
 from moonvae.config import MODELS, N_TRIALS, ConfigError, RunConfig
 from moonvae.experiment import run_training
@@ -40,6 +41,8 @@ REPORT_EVERY = 10  # epochs between reports to the pruner: each report is a stor
 WAIT_SECONDS = 5.0  # poll interval while other processes finish the study's last trials
 GRID_ATTEMPTS = 2  # a grid point that fails is tried once more, then left out
 MAX_FAILURES_IN_ROW = 5  # then something is broken beyond one trial: stop the call
+STUDY_RUN_WAIT_SECONDS = 60  # how long a worker waits for the creator of a new study to open its run
+DATA_PARAMS = {"n_samples", "noise", "data_seed"}  # a space that varies these gives each trial its own data
 STATE_TAG = "optuna.state"
 
 
@@ -58,6 +61,7 @@ class Plan:
     max_epochs: int
     targets: list[Target]
     studies: dict[str, optuna.Study] = field(default_factory=dict)
+    created: set[str] = field(default_factory=set)  # studies this call created: it opens their MLflow runs
 
 
 def _require(condition: bool, message: str) -> None:
@@ -139,7 +143,12 @@ def plan(
         targets=targets,
     )
     for target in targets:
-        result.studies[target.name] = found[target.name] or studies.create(opened, target)
+        if found[target.name] is not None:
+            result.studies[target.name] = found[target.name]
+            continue
+        result.studies[target.name], created = studies.create(opened, target)
+        if created:
+            result.created.add(target.name)
     return result
 
 
@@ -162,6 +171,7 @@ class _Worksite:
     stop: threading.Event = field(default_factory=threading.Event)
     failures_in_row: int = 0
     last_failure: str = ""
+    logged_steps: set[int] = field(default_factory=set)  # trial numbers whose best-so-far the study run holds
 
 
 def quiet() -> None:
@@ -176,34 +186,51 @@ def run(plan: Plan, mlflow_client: Client, entry_run_id: str | None = None) -> l
     """Run every planned study to its `n_trials`; returns what each holds at the end.
 
     Under `mlflow run`, the entry point's run becomes the study run when it is the
-    first call on a single study; otherwise the study runs sit beside it and it is
-    tagged with their ids.
+    first call on a single study. With both models it becomes the parent of the new
+    study runs and carries each study's result as metrics (`vae_best_val_mse`, ...);
+    a resumed study keeps its own run, listed in the entry run's `moonvae.study_runs`.
     """
     quiet()
     experiment = tracking.experiment_id(mlflow_client)
-    study_runs = {name: _study_run_id(mlflow_client, study, experiment) for name, study in plan.studies.items()}
+    study_runs = {
+        target.name: _study_run_id(mlflow_client, plan.studies[target.name], experiment, target.name in plan.created)
+        for target in plan.targets
+    }
     adopt = entry_run_id if entry_run_id and len(plan.targets) == 1 and None in study_runs.values() else None
+    parent = entry_run_id if entry_run_id and not adopt else None
     launcher = (
-        tracking.run(mlflow_client, "tune", resume_run_id=entry_run_id) if entry_run_id and not adopt else nullcontext()
+        tracking.run(mlflow_client, "tune", resume_run_id=parent, tags={"moonvae.kind": "tune"})
+        if parent
+        else nullcontext()
     )
     results = []
     with launcher, one_torch_thread():
         for target in plan.targets:
-            results.append(_run_study(plan, target, mlflow_client, study_runs[target.name] or adopt))
-            if entry_run_id and not adopt:
-                tracking.set_tags(
-                    mlflow_client, entry_run_id, {"moonvae.study_runs": ",".join(r.run_id for r in results)}
-                )
+            results.append(_run_study(plan, target, mlflow_client, study_runs[target.name] or adopt, parent))
+            if parent:
+                tracking.set_tags(mlflow_client, parent, {"moonvae.study_runs": ",".join(r.run_id for r in results)})
+                tracking.log_metrics(mlflow_client, parent, summary.entry_metrics(results[-1]))
     return results
 
 
-def _study_run_id(mlflow_client: Client, study: optuna.Study, experiment: str) -> str | None:
-    """The study's MLflow run from an earlier call, if it is in this tracking store and experiment."""
-    run_id = study.user_attrs.get(RUN_ID_ATTR)
+def _study_run_id(mlflow_client: Client, study: optuna.Study, experiment: str, created_here: bool) -> str | None:
+    """The study's MLflow run from an earlier call (or from the worker that created the study a moment ago).
+
+    A worker that did not create a brand-new study waits for its creator to open the
+    study run, so workers started together share one run instead of racing to make two.
+    """
+    deadline = time.monotonic() + (0 if created_here or not studies.is_new(study) else STUDY_RUN_WAIT_SECONDS)
+    while True:
+        run_id = optuna.load_study(study_name=study.study_name, storage=study._storage).user_attrs.get(RUN_ID_ATTR)
+        if run_id or time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
     return run_id if run_id and tracking.is_active_in(mlflow_client, run_id, experiment) else None
 
 
-def _run_study(plan: Plan, target: Target, mlflow_client: Client, run_id: str | None) -> summary.StudyResult:
+def _run_study(
+    plan: Plan, target: Target, mlflow_client: Client, run_id: str | None, parent_run_id: str | None
+) -> summary.StudyResult:
     study = plan.studies[target.name]
     started = time.monotonic()
     n_existing = len(study.get_trials(deepcopy=False))
@@ -211,8 +238,14 @@ def _run_study(plan: Plan, target: Target, mlflow_client: Client, run_id: str | 
     study.pruner = spaces.make_pruner(plan.pruner, plan.max_epochs)
     tags = {"moonvae.kind": "study", "optuna.study": target.name, "moonvae.model": target.model}
     tags |= {"moonvae.space": plan.space.name, "moonvae.n_trials": str(plan.n_trials)}
-    with tracking.run(mlflow_client, target.name, resume_run_id=run_id, tags=tags) as study_run_id:
+    parent = None if run_id else parent_run_id  # a resumed study run stays where it was made
+    with tracking.run(
+        mlflow_client, target.name, resume_run_id=run_id, parent_run_id=parent, tags=tags
+    ) as study_run_id:
         study.set_user_attr(RUN_ID_ATTR, study_run_id)
+        if not set(plan.space.distributions) & DATA_PARAMS:  # one data set for every trial: the study's input
+            x, y, path = moons.load_or_generate(RunConfig.from_flat(target.fixed).data)
+            tracking.log_dataset(mlflow_client, study_run_id, x, y, path)
         params = {key: value for key, value in target.identity.items() if key != "space"}
         params |= {"study": target.name, "space": plan.space.name, "sampler": type(study.sampler).__name__}
         params |= {"pruner": plan.pruner, "n_trials": plan.n_trials, "optuna_storage": studies.redact(plan.storage_url)}
@@ -227,6 +260,7 @@ def _run_study(plan: Plan, target: Target, mlflow_client: Client, run_id: str | 
             study_run_id,
             deadline=started + plan.timeout if plan.timeout else None,
             bar=bar,
+            logged_steps=tracking.metric_steps(mlflow_client, study_run_id, studies.OBJECTIVE),
         )
         with bar:
             _work_in_parallel(site)
@@ -314,7 +348,8 @@ def _run_trial(site: _Worksite, trial: optuna.Trial) -> None:
     """Train one trial in its own MLflow run, nested under the study run, and tell Optuna how it ended."""
     started = time.monotonic()
     state, value, reason, run_id = TrialState.FAIL, None, "", None
-    tags = {"optuna.study": site.target.name, "optuna.trial": str(trial.number), "moonvae.model": site.target.model}
+    tags = {"moonvae.kind": "trial", "optuna.study": site.target.name, "optuna.trial": str(trial.number)}
+    tags |= {"moonvae.model": site.target.model}
     interrupted = False
     try:
         with (
@@ -380,6 +415,12 @@ def _report_progress(
             site.bar.set_postfix(best=f"{site.study.best_value:.5f}", failed=counts["failed"], refresh=False)
         except ValueError:  # no complete trial yet
             site.bar.set_postfix(failed=counts["failed"], refresh=False)
+        if value is not None:
+            tracking.log_metrics(site.mlflow_client, site.run_id, {"trial_val_mse": value}, step=number)
+        convergence = summary.convergence(site.study, site.logged_steps)
+        for step, best in convergence.items():
+            tracking.log_metrics(site.mlflow_client, site.run_id, {studies.OBJECTIVE: best}, step=step)
+        site.logged_steps |= set(convergence)
         outcome = f"val_mse {value:.5f}" if value is not None else reason
         site.bar.write(f"{site.target.name} trial-{number:03d} {state.name.lower()}: {outcome} ({seconds:.1f} s)")
         site.bar.refresh()

@@ -7,6 +7,7 @@ finds studies by those, whatever their names, and a resumed study must match the
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,10 +26,14 @@ from moonvae.findings import StudyTable, trials_frame
 
 HEARTBEAT_SECONDS = 30
 GRACE_SECONDS = 120  # a running trial without a heartbeat for this long belongs to a dead worker
+OPEN_ATTEMPTS = 4  # tries to open a storage whose tables another worker is creating
 
+OBJECTIVE = "best_val_mse"  # what every study minimises, named so optuna-dashboard shows it
 RUN_ID_ATTR = "mlflow_run_id"  # trial and study user attrs linking Optuna to MLflow
 MODEL_ID_ATTR = "mlflow_model_id"
 MODEL_ATTR, SPACE_ATTR, CONFIG_ATTR = "moonvae.model", "moonvae.space", "moonvae.config"
+CREATED_ATTR = "moonvae.created"  # when the study was created (seconds since the epoch)
+NEW_SECONDS = 120  # a study younger than this, without trials, may still be getting its MLflow run
 
 
 def study_name(model: str, space: str, base: str | None = None, *, both: bool = False) -> str:
@@ -61,19 +66,32 @@ def redact(url: str) -> str:
         return url
 
 
+def has_password(url: str) -> bool:
+    try:
+        return bool(make_url(url).password)
+    except Exception:
+        return False
+
+
 def open_storage(url: str, on_stale_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None) -> RDBStorage:
     """Optuna RDB storage with heartbeats on, so a trial whose worker died is failed (and `on_stale_trial` called)."""
     warnings.filterwarnings("ignore", category=ExperimentalWarning)  # heartbeats: experimental since 2.9, still here
-    try:
-        return RDBStorage(
-            url,
-            heartbeat_interval=HEARTBEAT_SECONDS,
-            grace_period=GRACE_SECONDS,
-            heartbeat_stale_trial_callback=on_stale_trial,
-        )
-    except Exception as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ConfigError(f"cannot open storage {redact(url)}: {reason}") from None
+    for attempt in range(OPEN_ATTEMPTS):
+        try:
+            return RDBStorage(
+                url,
+                heartbeat_interval=HEARTBEAT_SECONDS,
+                grace_period=GRACE_SECONDS,
+                heartbeat_stale_trial_callback=on_stale_trial,
+            )
+        except Exception as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            # workers opening a new database at the same instant race to create Optuna's tables: the loser retries
+            if attempt + 1 < OPEN_ATTEMPTS and any(word in reason.lower() for word in ("already exists", "duplicate")):
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            raise ConfigError(f"cannot open storage {redact(url)}: {reason}") from None
+    raise AssertionError("unreachable")
 
 
 @dataclass
@@ -107,21 +125,37 @@ def check_identity(study: optuna.Study, target: Target) -> None:
         )
 
 
-def create(storage: RDBStorage, target: Target) -> optuna.Study:
-    """Create the study with its identity, or check it if another process created it a moment ago."""
-    study = optuna.create_study(storage=storage, study_name=target.name, direction="minimize", load_if_exists=True)
-    if CONFIG_ATTR not in study.user_attrs:
-        mark(study, target.model, target.space, target.identity)
-    else:
-        check_identity(study, target)
-    return study
+def create(storage: RDBStorage, target: Target) -> tuple[optuna.Study, bool]:
+    """The study, created with its identity unless another worker made it first; True when this call created it.
+
+    Creating is the election: the database lets one worker create a name, so workers
+    started at the same instant agree on who opens the study's MLflow run.
+    """
+    try:
+        study = optuna.create_study(storage=storage, study_name=target.name, direction="minimize")
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=target.name, storage=storage)
+        if CONFIG_ATTR in study.user_attrs:
+            check_identity(study, target)
+        return study, False
+    study.set_metric_names([OBJECTIVE])
+    mark(study, target.model, target.space, target.identity)
+    return study, True
 
 
 def mark(study: optuna.Study, model: str, space: str, identity: dict[str, str]) -> None:
     """Store what the study is, so it can be found and checked by attributes rather than by name."""
+    study.set_user_attr(CREATED_ATTR, time.time())
     study.set_user_attr(MODEL_ATTR, model)
     study.set_user_attr(SPACE_ATTR, space)
     study.set_user_attr(CONFIG_ATTR, identity)
+
+
+def is_new(study: optuna.Study) -> bool:
+    """Created a moment ago by another worker and not started yet (its creator is opening its run)."""
+    created = study.user_attrs.get(CREATED_ATTR)
+    fresh = created is None or time.time() - created < NEW_SECONDS  # None: the creator has not marked it yet
+    return fresh and not study.get_trials(deepcopy=False)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ study's run always describes the whole study, not only the last call.
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -19,6 +20,8 @@ from optuna.trial import FrozenTrial, TrialState
 from moonvae import registry, tracking
 from moonvae.studies import MODEL_ID_ATTR, RUN_ID_ATTR, Target
 from moonvae.tracking import Client
+
+NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI
 
 
 @dataclass
@@ -45,7 +48,7 @@ def summarise(study: optuna.Study, client: Client, run_id: str, target: Target, 
     if best is not None:
         best_run_id = best.user_attrs[RUN_ID_ATTR]
         best_metrics = tracking.run_metrics(client, best_run_id)
-        metrics |= {"best_val_mse": best.value, "best_trial": best.number}  # type: ignore[dict-item]
+        metrics["best_trial"] = best.number  # best_val_mse is a series: see convergence()
         metrics |= {f"best_{key}": value for key, value in best_metrics.items() if key.startswith("test_")}
         tracking.set_tags(client, run_id, {f"best.{key}": value for key, value in best.params.items()})
         tracking.set_tags(client, run_id, {"moonvae.best_run_id": best_run_id})
@@ -54,6 +57,7 @@ def summarise(study: optuna.Study, client: Client, run_id: str, target: Target, 
         registered = _register(client, target, best, best_metrics)
     with tracking.MetricBuffer(client, run_id) as buffer:
         buffer.add(metrics, step=len(trials))
+    tracking.set_tag(client, run_id, NOTE_TAG, note(target, counts, best, registered))
     tracking.log_text(client, run_id, study.trials_dataframe().to_csv(index=False), "trials.csv")
     for artifact, figure in _optuna_figures(study):
         tracking.log_figure(client, run_id, figure, f"plots/{artifact}.html")
@@ -68,6 +72,47 @@ def summarise(study: optuna.Study, client: Client, run_id: str, target: Target, 
         registered=registered,
         seconds=seconds,
     )
+
+
+def convergence(study: optuna.Study, logged: set[int]) -> dict[int, float]:
+    """The study's best value among trials numbered up to k, for each trial k not in `logged` yet.
+
+    A step is given only once every trial up to it has finished, so its value never
+    changes and the series is the same whatever order parallel workers finished in.
+    """
+    best, series = math.inf, {}
+    for trial in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        if trial.state in (TrialState.RUNNING, TrialState.WAITING):
+            break
+        if trial.state == TrialState.COMPLETE and trial.value is not None:
+            best = min(best, trial.value)
+        if trial.number not in logged and best < math.inf:
+            series[trial.number] = best
+    return series
+
+
+def entry_metrics(result: StudyResult) -> dict[str, float]:
+    """A study's result as metrics of the run that launched it (`vae_best_val_mse`, ...)."""
+    values = {"trials_complete": result.counts.get("COMPLETE", 0), "wall_seconds": result.seconds}
+    if result.best_value is not None:
+        values["best_val_mse"] = result.best_value
+    return {f"{result.model}_{key}": value for key, value in values.items()}
+
+
+def note(target: Target, counts: Counter[str], best: FrozenTrial | None, registered: tuple | None) -> str:
+    """The study run's description in the MLflow UI (markdown): what it found and how to load it."""
+    held = ", ".join(f"{counts[state]} {state.lower()}" for state in ("COMPLETE", "PRUNED", "FAIL"))
+    lines = [f"**{target.name}**: {target.model} over the {target.space} space; trials: {held}."]
+    if best is not None:
+        lines.append(
+            f"Best: trial {best.number}, val_mse {best.value:.5g}, run `{best.user_attrs.get(RUN_ID_ATTR, '')}`, "
+            + ", ".join(f"{key}={value}" for key, value in best.params.items())
+            + "."
+        )
+    if registered:
+        name, version, alias = registered
+        lines.append(f'Registered as {name} version {version}: `mlflow.pyfunc.load_model("models:/{name}@{alias}")`')
+    return "\n\n".join(lines)
 
 
 def _best_trial(study: optuna.Study) -> FrozenTrial | None:

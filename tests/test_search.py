@@ -4,17 +4,19 @@ Trials are tiny (200 points, a dozen epochs) so a study of a few trials takes se
 what is checked is the bookkeeping: counts, nesting, states, reasons, registration.
 """
 
+import subprocess
+import sys
 import threading
 
 import mlflow
 import optuna
 import pandas as pd
 import pytest
-from conftest import mlflow_run, moonvae
+from conftest import mlflow_run, moonvae, subprocess_env
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from moonvae import search, spaces, studies, tracking
+from moonvae import metrics, search, spaces, studies, tracking
 from moonvae.config import ConfigError
 from moonvae.train import TrainingDiverged
 
@@ -134,6 +136,28 @@ def test_trials_nest_under_one_study_run_with_two_workers(client):
     }
     table = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="trials.csv"))
     assert len(table) == 4 and set(table["user_attrs_mlflow_run_id"]) == {run.info.run_id for run in trials}
+
+
+def test_a_study_run_shows_how_the_study_converged_and_what_it_found(client):
+    (result,) = tune(n_trials=3, n_jobs=2)
+    study = load_study()
+    assert study.metric_names == ["best_val_mse"]  # named for optuna-dashboard
+    history = sorted((p.step, p.value) for p in client.get_metric_history(result.run_id, "best_val_mse"))
+    values = {trial.number: trial.value for trial in study.trials}
+    assert [step for step, _ in history] == [0, 1, 2]  # one point per trial, step = trial number
+    assert [value for _, value in history] == pytest.approx([min(values[n] for n in range(k + 1)) for k in range(3)])
+    trial_points = {p.step: p.value for p in client.get_metric_history(result.run_id, "trial_val_mse")}
+    assert trial_points == pytest.approx(values)
+    study_run = client.get_run(result.run_id)
+    assert set(study_run.data.metrics) == set(metrics.names("study"))
+    assert study_run.info.experiment_id == client.get_experiment_by_name("moonvae").experiment_id
+    assert study_run.inputs.dataset_inputs[0].dataset.name == "moons_200_0.15_42"  # the data every trial used
+    note = study_run.data.tags["mlflow.note.content"]
+    best = study.best_trial
+    assert f"Best: trial {best.number}" in note and best.user_attrs["mlflow_run_id"] in note
+    assert 'mlflow.pyfunc.load_model("models:/moonvae-vae@champion")' in note and "3 complete" in note
+    assert {run.data.tags["moonvae.kind"] for run in children(client, result.run_id)} == {"trial"}
+    assert {"mlflow.user", "mlflow.source.name", "mlflow.source.type"} <= set(study_run.data.tags)
 
 
 def test_resume_runs_only_the_missing_trials_and_registers_the_best(client):
@@ -330,10 +354,26 @@ def test_mlflow_run_tune_resumes_one_study_and_registers_both_champions(workdir,
     done = mlflow_run(workdir, "tune", "model=both", "n_trials=2", "max_epochs=25", "study_name=b", "n_jobs=2")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "registered moonvae-cvae version 1 as @champion" in done.stdout
+    entry = [run for run in all_runs(client) if run.data.tags.get("moonvae.kind") == "tune"][-1]  # the newest
+    both = {run.info.run_name for run in children(client, entry.info.run_id)}
+    assert both == {"b-vae", "b-cvae"}  # the entry run is the parent of the two studies it ran
+    assert {"vae_best_val_mse", "cvae_best_val_mse", "vae_trials_complete"} <= set(entry.data.metrics)
     for model in ("vae", "cvae"):
         loaded = mlflow.pyfunc.load_model(f"models:/moonvae-{model}@champion")
         assert loaded.predict(pd.DataFrame({"label": [0, 1, 1]})).shape == (3, 3)  # x1, x2, label
     assert {run.info.status for run in all_runs(client)} == {"FINISHED"}
+
+
+def test_a_password_in_a_storage_url_under_mlflow_run_is_refused(workdir):
+    client = tracking.client()
+    entry = client.create_run(tracking.experiment_id(client)).info.run_id  # what `mlflow run` makes first
+    env = subprocess_env(workdir) | {"MLFLOW_RUN_ID": entry}
+    command = [sys.executable, "-m", "moonvae", "tune", "--storage", "postgresql://me:secret@db/optuna"]
+    done = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True)
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert "holds a password" in line and "PGPASSWORD" in line and "secret" not in line
+    assert client.get_run(entry).info.status == "FAILED"
 
 
 @pytest.mark.slow
