@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
+# the run list without the trials: studies, tune, train and analyse runs, whatever page the trials push them to
+UI_FILTER := http://127.0.0.1:5000/\#/experiments/1?searchFilter=tags.%60moonvae.kind%60%20!%3D%20%27trial%27
 
 .PHONY: install tune train analyse test test-slow format bench clean
 
@@ -15,13 +17,14 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 tune: install  ## the main job: mlflow run . -e tune
-	mlflow run . -e tune --env-manager local $(ARGS)
+	mlflow run . -e tune --experiment-name moonvae --env-manager local $(ARGS)
+	@echo "studies: mlflow ui, then open $(UI_FILTER)"
 
 train: install
-	mlflow run . -e train --env-manager local $(ARGS)
+	mlflow run . -e train --experiment-name moonvae --env-manager local $(ARGS)
 
 analyse: install
-	mlflow run . -e analyse --env-manager local $(ARGS)
+	mlflow run . -e analyse --experiment-name moonvae --env-manager local $(ARGS)
 
 test: install  ## fast tests and lint
 	$(BIN)/ruff check moonvae tests bench

@@ -2,8 +2,8 @@
 
 What the README's "Many machines" section promises, on one machine: a throwaway
 PostgreSQL cluster (Debian's `postgresql` package) holds the Optuna study, an
-`mlflow server` on sqlite proxies the artifacts, one worker creates the study and
-two more share it until it holds `n_trials`.
+`mlflow server` on sqlite proxies the artifacts, and two workers started at the same
+instant on a brand-new database and study share it until it holds `n_trials`.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def postgres_url() -> Iterator[str]:
     The cluster lives in a temporary folder, so the machine's own clusters are left alone.
     PostgreSQL refuses to run as root, so as root it runs as the `postgres` user.
     """
-    import psycopg2
+    import psycopg
 
     binaries = postgres_bin()
     if binaries is None or not (binaries / "initdb").exists():
@@ -84,15 +84,12 @@ def postgres_url() -> Iterator[str]:
         pg("pg_ctl", "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", str(READY_SECONDS), "start")
 
         def sql(statement: str) -> None:  # CREATE and DROP DATABASE refuse to run inside a transaction
-            connection = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres")
-            connection.autocommit = True
-            try:
-                connection.cursor().execute(statement)
-            finally:
-                connection.close()
+            with psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres") as connection:
+                connection.autocommit = True
+                connection.execute(statement)
 
         sql("CREATE DATABASE moonvae_study")
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/moonvae_study"
+        yield f"postgresql://postgres@127.0.0.1:{port}/moonvae_study"  # as users type it: psycopg 3
         sql("DROP DATABASE moonvae_study WITH (FORCE)")
     finally:
         if (data / "postmaster.pid").exists():
@@ -143,8 +140,7 @@ def test_two_workers_share_a_postgres_study_through_a_tracking_server(
     tmp_path, monkeypatch, postgres_url, tracking_server
 ):
     storage = ["--storage", postgres_url]
-    finish(*start_worker(tmp_path / "first", tracking_server, *TRIALS, "--n-trials", "2", *storage))
-    workers = [
+    workers = [  # at the same instant, on a brand-new database: no "create the study first" rule
         start_worker(tmp_path / f"worker-{i}", tracking_server, *TRIALS, "--n-trials", "8", *storage) for i in (1, 2)
     ]
     for worker in workers:
@@ -164,9 +160,10 @@ def test_two_workers_share_a_postgres_study_through_a_tracking_server(
     assert study_run.info.run_id == study.user_attrs["mlflow_run_id"]
     ran = [set(map(int, re.findall(rf"{STUDY} trial-(\d+)", log.read_text()))) for _, log in workers]
     assert all(ran) and not ran[0] & ran[1]  # both workers ran trials, never the same one
-    assert ran[0] | ran[1] == set(range(2, len(study.trials)))
+    assert ran[0] | ran[1] == set(range(len(study.trials)))
     assert all(run.info.artifact_uri.startswith("mlflow-artifacts:") for run in trial_runs)  # proxied by the server
-    assert not any((tmp_path / name / "mlruns").exists() for name in ("first", "worker-1", "worker-2"))
+    assert not any((tmp_path / name / "mlruns").exists() for name in ("worker-1", "worker-2"))
+    assert optuna.get_all_study_names(storage=postgres_url) == [STUDY]
 
     versions = client.search_model_versions("name='moonvae-vae'")
     assert len({version.source for version in versions}) == len(versions)  # no model registered twice
