@@ -16,7 +16,8 @@ are those of the part that decided. A missing study makes its part inconclusive
 (effect and interval empty, the evidence says what is missing): no fourth verdict.
 
 Intervals: percentile bootstrap (2000 resamples, fixed seed) of the trials,
-resampled within the design's cells or models, or of paired differences; a t
+resampled within the design's cells (spread corrected for few seeds) or models,
+or of paired differences; a t
 interval over the cross-validation folds for the latent moon accuracy. MSEs are
 compared as log10 (decades): across these designs errors span orders of magnitude
 and "worse" means a ratio.
@@ -216,6 +217,18 @@ def _cell_means(values: np.ndarray, cell: np.ndarray, n_cells: int) -> tuple[np.
     return sums / np.where(counts > 0, counts, np.nan), counts
 
 
+def _widened(y: np.ndarray, cell: np.ndarray) -> np.ndarray:
+    """y with each cell's deviations from its mean scaled by sqrt(n / (n - 1)), for resampling within cells.
+
+    Resampling a cell's n values varies its mean by (n - 1) / n of what n new
+    seeds would (2/3 at three seeds): intervals too narrow. Scaled so, the cell
+    means vary as they should, and stay where they are.
+    """
+    cells = pd.Series(y).groupby(cell)
+    mean, size = cells.transform("mean").to_numpy(), cells.transform("size").to_numpy()
+    return mean + (y - mean) * np.sqrt(size / (size - 1))
+
+
 def _by(trials: pd.DataFrame, *columns: str) -> list[str]:
     """Pairing keys: the given columns, and the replicate where the design has one."""
     return [*columns, REPLICATE] if REPLICATE in trials else list(columns)
@@ -352,7 +365,7 @@ def _information_part(part: Part, trials: pd.DataFrame, selected: pd.Series, ref
     sizes = np.bincount(group, minlength=2 * (model.max(initial=0) + 1))
     if sizes.min() < MIN_REPLICATES:
         return replace(part, detail=f"{sizes.tolist()} trials in the groups compared (need {MIN_REPLICATES} each)")
-    information = rows["mutual_info"].to_numpy()
+    information = _widened(rows["mutual_info"].to_numpy(), group)
 
     def largest(index: np.ndarray) -> np.ndarray:
         means = _cell_means(information[index], group, len(sizes))[0]
@@ -552,7 +565,7 @@ def _size_against_noise(studies: Studies, part: Part) -> Part:
     if missing or len(sizes) < 2 or len(noises) < 2:
         return replace(part, detail=missing or f"{len(sizes)} sizes, {len(noises)} noise levels replicated{note}")
     cell, shape = size * len(noises) + noise, (len(sizes), len(noises))
-    y = _log_mse(trials).to_numpy()
+    y = _widened(_log_mse(trials).to_numpy(), cell)
 
     def ranges(index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         means = _cell_means(y[index], cell, len(sizes) * len(noises))[0].reshape(-1, *shape)
@@ -621,6 +634,7 @@ def eps_w_and_beta(studies: Studies) -> Finding:
 def _slopes(part: Part, trials: pd.DataFrame, y: np.ndarray, note: str) -> Part:
     """The smallest slope of y on log10 eps_w and log10 beta over the models; seeds resampled within cells."""
     cell = pd.factorize(pd.MultiIndex.from_frame(trials[["model", "eps_w", "beta"]]))[0]
+    y = _widened(y, cell)
     fits = []  # per model: its rows and the least-squares map from y to (intercept, slope on eps_w, on beta)
     for model in MODELS:
         rows = (trials["model"] == model).to_numpy()

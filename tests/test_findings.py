@@ -234,6 +234,14 @@ def test_the_interaction_names_its_quadrants():
     assert float(quadrants["decoder large"]) == float(quadrants["both large"]) < float(quadrants["latent large"])
 
 
+def test_resampling_within_cells_varies_each_mean_as_much_as_new_seeds_would():
+    y, cell = np.array([0.0, 1.0, 2.0, 5.0, 5.0, 7.0]), np.array([0, 0, 0, 1, 1, 1])
+    widened = findings._widened(y, cell)
+    for c in (0, 1):  # the cell's mean stays; resampling it now varies it by the seeds' sample variance / n
+        assert widened[cell == c].mean() == pytest.approx(y[cell == c].mean())
+        assert np.var(widened[cell == c]) == pytest.approx(np.var(y[cell == c], ddof=1))
+
+
 def test_a_finding_of_two_parts_reports_the_part_that_decided():
     finding = verdict(6, studies(cvae_data=data_grid(4, size_effect=1.0)))  # (a) holds, (b) fails
     assert finding.verdict == REFUTED
