@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from moonvae import data as moons
@@ -27,7 +28,7 @@ from moonvae.tracking import Client
 from moonvae.train import evaluate as loss_terms
 
 CURVE_METRICS = ("train_loss", "val_mse", "val_kl")
-TRIAL_METRICS = ("test_mse", "test_kl", "best_val_mse")  # read from each trial's MLflow run
+TRIAL_METRICS = ("test_mse", "test_kl", "best_val_mse", "train_mse", "active_units", "mutual_info")  # from runs
 
 
 class AnalyseError(RuntimeError):
@@ -91,18 +92,18 @@ def load_subjects(references: Mapping[str, str], cache_dir: Path = moons.DEFAULT
 
 def analyse_models(
     subjects: list[Subject], mlflow_client: Client, n_eval: int, seed: int
-) -> tuple[dict[str, float], list[report.Figure], dict[str, float]]:
-    """Metrics (prefixed by model kind), figures, and the latent moon accuracy of each model."""
+) -> tuple[dict[str, float], list[report.Figure], dict[str, np.ndarray]]:
+    """Metrics (prefixed by model kind), figures, and the per-fold latent moon accuracies of each model."""
     values: dict[str, float] = {}
     drawn: list[report.Figure] = []
     latents: dict[str, dict] = {}
-    latent_accuracy: dict[str, float] = {}
+    latent_accuracy: dict[str, np.ndarray] = {}  # per-fold, for finding 9's interval
     for subject in subjects:
         own, samples = evaluate.evaluate_model(
             subject.network, subject.bank, subject.data, subject.config.data, n_eval, seed
         )
-        latent_accuracy[subject.kind] = evaluate.latent_moon_accuracy(subject.bank, seed)
-        own["latent_moon_accuracy"] = latent_accuracy[subject.kind]
+        latent_accuracy[subject.kind] = evaluate.latent_moon_folds(subject.bank, seed)
+        own["latent_moon_accuracy"] = float(latent_accuracy[subject.kind].mean())
         values |= {f"{subject.kind}_{key}": value for key, value in own.items()}
         model_figures, latents[subject.kind] = figures.model_figures(
             subject.kind, subject.network, subject.bank, subject.data.train, samples, seed
@@ -137,12 +138,13 @@ def add_run_metrics(trials: pd.DataFrame, mlflow_client: Client) -> pd.DataFrame
 
 
 def add_train_mse(trials: pd.DataFrame, cache_dir: Path = moons.DEFAULT_CACHE_DIR) -> pd.DataFrame:
-    """Each trial's MSE on its own training split, from its logged model: over-fitting is test minus train."""
+    """Each trial's MSE on its own training split, from its logged model where the trial did not record it."""
     if studies.MODEL_ID_ATTR not in trials:
         return trials
     trials = trials.copy()
+    recorded = trials["train_mse"] if "train_mse" in trials else pd.Series(float("nan"), index=trials.index)
     for index, model_id in trials[studies.MODEL_ID_ATTR].items():
-        if not isinstance(model_id, str):
+        if not isinstance(model_id, str) or pd.notna(recorded[index]):
             continue
         try:
             python_model, _ = tracking.load_python_model(f"models:/{model_id}")
@@ -166,7 +168,7 @@ def load_studies(
         trials = table.trials
         if mlflow_client is not None:
             trials = add_run_metrics(trials, mlflow_client)
-            if space == "data":
+            if space in ("data", "data-seeds"):
                 trials = add_train_mse(trials, cache_dir)
         found.tables[(model, space)] = StudyTable(trials, table.importances)
         found.names[(model, space)] = name

@@ -6,16 +6,16 @@ It calls `tracking` and `pyfunc` for everything MLflow, and never the MLflow API
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from moonvae import data as moons
-from moonvae import plots, pyfunc, tracking
+from moonvae import latent_stats, plots, pyfunc, tracking
 from moonvae.config import RunConfig
-from moonvae.models import VAE, LossTerms, build_model
+from moonvae.models import VAE, LossTerms, build_model, latent_bank
 from moonvae.tracking import Client, ModelInfo
 from moonvae.train import EpochCallback, EpochMetrics, TrainResult, evaluate, fit
 
@@ -29,6 +29,8 @@ class Outcome:
     test: LossTerms
     data: moons.MoonsData
     model_info: ModelInfo | None
+    train_mse: float = float("nan")  # on the training split: over-fitting is test_mse minus this
+    usage: dict[str, float] = field(default_factory=dict)  # active units and I(x; z): how much latent is used
 
     def final_metrics(self) -> dict[str, float]:
         return {
@@ -38,6 +40,8 @@ class Outcome:
             "test_mse": self.test.mse.item(),
             "test_kl": self.test.kl.item(),
             "test_loss": self.test.loss.item(),
+            "train_mse": self.train_mse,
+            **self.usage,
         }
 
 
@@ -99,7 +103,10 @@ def run_training(
 
         result = fit(network, data.train, data.val, config.train, on_epoch=log_epoch)
         test = evaluate(network, data.test)
-        outcome = Outcome(network, result, test, data, model_info=None)
+        bank = latent_bank(network, data.train.x, data.train.y)
+        usage = latent_stats.latent_usage(bank.mean, bank.logvar, eps_w=config.model.eps_w)
+        train_mse = evaluate(network, data.train).mse.item()
+        outcome = Outcome(network, result, test, data, model_info=None, train_mse=train_mse, usage=usage)
         buffer.add(outcome.final_metrics())
     log_plots(mlflow_client, run_id, network, data)
     if log_model:

@@ -141,28 +141,31 @@ def study_figures(
     """The evidence behind the findings, where the studies exist; each panel is named after its study."""
     figures = []
     importances = {
-        names[key]: table.importances for key, table in tables.items() if key[1] == "basic" and table.importances
+        names[key]: table.importances
+        for key, table in tables.items()
+        if key[1] in ("basic", "importance") and table.importances
     }
     if importances:
         figures.append(
             report.Figure(
-                "Parameter importances (basic studies)",
+                "Parameter importances",
                 plots.grouped_bars(importances, "fANOVA importance of each searched parameter", "importance"),
-                "Findings 1-2: which parameters explain the best validation MSE.",
+                "Findings 1-2: which parameters explain the best validation MSE (the importance study samples the "
+                "space at random; the basic study's TPE concentrates near the best).",
             )
         )
-    basic = {
+    widths = {
         name: trials
-        for name, trials in _trials_of_space(tables, names, "basic").items()
+        for name, trials in _trials_of_space(tables, names, ("basic", "importance", "capacity")).items()
         if {"decoder_hidden", "latent_dim"} <= set(trials.columns)
     }
-    if basic:
+    if widths:
         figures.append(
             report.Figure(
                 "Best validation MSE by decoder width and latent size",
                 plots.heatmaps(
-                    {name: _pivot(trials, "decoder_hidden", "latent_dim") for name, trials in basic.items()},
-                    "Median best validation MSE (basic studies)",
+                    {name: _pivot(trials, "decoder_hidden", "latent_dim") for name, trials in widths.items()},
+                    "Median best validation MSE",
                     "decoder_hidden",
                     "latent_dim",
                     "MSE",
@@ -170,14 +173,14 @@ def study_figures(
                 "Finding 2: do both have to grow together?",
             )
         )
-    data = _trials_of_space(tables, names, "data")
+    data = _trials_of_space(tables, names, ("data", "data-seeds"))
     if data:
         figures.append(
             report.Figure(
                 "Best validation MSE across noise and size (data studies)",
                 plots.heatmaps(
                     {name: _pivot(trials, "noise", "n_samples") for name, trials in data.items()},
-                    "Best validation MSE (data studies)",
+                    "Median best validation MSE (data studies)",
                     "noise",
                     "n_samples",
                     "MSE",
@@ -185,15 +188,14 @@ def study_figures(
                 "Findings 6-7.",
             )
         )
-    probabilistic = _trials_of_space(tables, names, "probabilistic")
-    for metric in ("value", "test_kl"):
+    probabilistic = _trials_of_space(tables, names, ("probabilistic", "probabilistic-seeds"))
+    for metric, label in (("value", "best val MSE"), ("mutual_info", "I(x; z), nats"), ("test_kl", "test KL")):
         named = {
             name: (trials["eps_w"].to_numpy(), trials["beta"].to_numpy(), trials[metric].to_numpy())
             for name, trials in probabilistic.items()
             if metric in trials
         }
         if named:
-            label = "best val MSE" if metric == "value" else "test KL"
             figures.append(
                 report.Figure(
                     f"{label} across eps_w and beta (probabilistic studies)",
@@ -205,11 +207,12 @@ def study_figures(
 
 
 def _trials_of_space(
-    tables: Mapping[tuple[str, str], StudyTable], names: Mapping[tuple[str, str], str], space: str
+    tables: Mapping[tuple[str, str], StudyTable], names: Mapping[tuple[str, str], str], spaces: tuple[str, ...]
 ) -> dict[str, pd.DataFrame]:
-    """Each model's trials in `space`, by study name, for the studies that have any."""
+    """The trials of every study of these spaces that has any, by study name."""
     return {
         names[(model, space)]: table.trials
+        for space in spaces
         for model in MODELS
         if (table := tables.get((model, space))) is not None and not table.trials.empty
     }

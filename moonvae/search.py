@@ -44,6 +44,7 @@ MAX_FAILURES_IN_ROW = 5  # then something is broken beyond one trial: stop the c
 STUDY_RUN_WAIT_SECONDS = 60  # how long a worker waits for the creator of a new study to open its run
 DATA_PARAMS = {"n_samples", "noise", "data_seed"}  # a space that varies these gives each trial its own data
 STATE_TAG = "optuna.state"
+TRIAL_ATTRS = ("test_mse", "test_kl", "train_mse", "active_units", "mutual_info")  # kept with each trial
 
 
 @dataclass
@@ -106,19 +107,25 @@ def plan(
     _require(n_jobs >= 1, f"n_jobs must be an integer >= 1, got {n_jobs!r}")
     _require(timeout is None or timeout > 0, f"timeout must be a number of seconds > 0, got {timeout!r}")
     _require(pruner in spaces.PRUNERS, f"pruner must be one of {', '.join(spaces.PRUNERS)}, got {pruner!r}")
-    searched = sorted(set(fixed) & set(search_space.distributions))
+    _require(
+        model == "both" or model in search_space.models,
+        f"the {space} space is run for {', '.join(search_space.models)} only, got model {model!r}",
+    )
+    searched = sorted(set(fixed) & (set(search_space.distributions) | set(search_space.tied)))
     _require(
         not searched,
         f"{', '.join(searched)} {'is' if len(searched) == 1 else 'are'} searched by the {space} space; "
         "leave it out or choose another space",
     )
     _require("model" not in fixed, "model is chosen by the model option, not as a fixed training value")
+    fixed = search_space.defaults | fixed
     base = RunConfig.from_flat(fixed).validate()
-    models = list(MODELS) if model == "both" else [model]
+    models = [one for one in MODELS if one in search_space.models] if model == "both" else [model]
+    varied = set(search_space.distributions) | set(search_space.tied)
     targets = []
     for one in models:
         config = RunConfig.from_flat({**fixed, "model": one})
-        identity = {key: value for key, value in config.params().items() if key not in search_space.distributions}
+        identity = {key: value for key, value in config.params().items() if key not in varied}
         identity["space"] = space
         name = studies.study_name(one, space, study_base, both=model == "both")
         targets.append(Target(one, space, name, {**fixed, "model": one}, identity))
@@ -243,7 +250,7 @@ def _run_study(
         mlflow_client, target.name, resume_run_id=run_id, parent_run_id=parent, tags=tags
     ) as study_run_id:
         study.set_user_attr(RUN_ID_ATTR, study_run_id)
-        if not set(plan.space.distributions) & DATA_PARAMS:  # one data set for every trial: the study's input
+        if not (set(plan.space.distributions) | set(plan.space.tied)) & DATA_PARAMS:  # one data set for all trials
             x, y, path = moons.load_or_generate(RunConfig.from_flat(target.fixed).data)
             tracking.log_dataset(mlflow_client, study_run_id, x, y, path)
         params = {key: value for key, value in target.identity.items() if key != "space"}
@@ -363,10 +370,14 @@ def _run_trial(site: _Worksite, trial: optuna.Trial) -> None:
             ) as run_id,
         ):
             trial.set_user_attr(RUN_ID_ATTR, run_id)
-            config = RunConfig.from_flat({**site.target.fixed, **trial.params}).validate()
+            values = site.plan.space.config_values(trial.params)
+            config = RunConfig.from_flat({**site.target.fixed, **values}).validate()
             outcome = run_training(config, site.mlflow_client, run_id, on_epoch=_reporter(site, trial))
             if outcome.model_info is not None:
                 trial.set_user_attr(MODEL_ID_ATTR, outcome.model_info.model_id)
+            final = outcome.final_metrics()
+            for key in TRIAL_ATTRS:  # the findings read these from the study alone
+                trial.set_user_attr(key, final[key])
         state, value = TrialState.COMPLETE, outcome.result.best_val_mse
     except optuna.TrialPruned as pruned:
         state, reason = TrialState.PRUNED, str(pruned)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
@@ -34,6 +34,13 @@ class Space:
     # The basic space looks for the best model, so hopeless trials may stop early; the others measure a
     # factor's effect across its whole range, and pruning would censor the very region under study.
     pruner: str = "none"
+    models: tuple[str, ...] = ("vae", "cvae")  # the model kinds the space is run for
+    defaults: dict[str, Any] = field(default_factory=dict)  # training values fixed unless the user fixes others
+    tied: dict[str, str] = field(default_factory=dict)  # a training value that follows a searched one (data_seed: seed)
+
+    def config_values(self, params: dict[str, Any]) -> dict[str, Any]:
+        """A trial's searched values, with the tied values that follow them."""
+        return params | {target: params[source] for target, source in self.tied.items() if source in params}
 
     @property
     def size(self) -> int | None:
@@ -48,30 +55,53 @@ class Space:
         return tuple(params.get(name) for name in self.grid)
 
 
-def grid_space(name: str, grid: dict[str, tuple[Any, ...]]) -> Space:
+def grid_space(name: str, grid: dict[str, tuple[Any, ...]], **options: Any) -> Space:
     distributions: dict[str, BaseDistribution] = {key: CategoricalDistribution(values) for key, values in grid.items()}
-    return Space(name, "grid", distributions, grid)
+    return Space(name, "grid", distributions, grid, **options)
 
 
-# The study's three searches (README: Tune).
+BASIC = {
+    "lr": FloatDistribution(1e-4, 1e-1, log=True),
+    "batch_size": CategoricalDistribution((32, 64, 128, 256)),
+    "encoder_hidden": CategoricalDistribution(WIDTHS),
+    "latent_dim": CategoricalDistribution(WIDTHS),
+    "decoder_hidden": CategoricalDistribution(WIDTHS),
+}
+FINDINGS_EPOCHS = {"max_epochs": 300}  # the findings' studies: long enough to converge, short enough for 45 minutes
+FINDINGS_WIDTHS = (2, 4, 8, 32, 128)  # small (<= 8), large (>= 32) and tiny (<= 4) widths for findings 2-4
+
+# The study's three searches, then the studies designed for its findings (README: Tune, Findings).
 SPACES = {
-    "basic": Space(
-        "basic",
-        "tpe",
-        {
-            "lr": FloatDistribution(1e-4, 1e-1, log=True),
-            "batch_size": CategoricalDistribution((32, 64, 128, 256)),
-            "encoder_hidden": CategoricalDistribution(WIDTHS),
-            "latent_dim": CategoricalDistribution(WIDTHS),
-            "decoder_hidden": CategoricalDistribution(WIDTHS),
-        },
-        pruner="median",
-    ),
+    "basic": Space("basic", "tpe", BASIC, pruner="median"),
     "data": grid_space("data", {"n_samples": (200, 2000, 20000), "noise": (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)}),
     "probabilistic": Space(
         "probabilistic",
         "random",
         {"eps_w": FloatDistribution(1e-3, 1.0, log=True), "beta": FloatDistribution(0.1, 100.0, log=True)},
+    ),
+    # random and unpruned: every region sampled alike, so parameter importances are unbiased (findings 1, 2, 5)
+    "importance": Space("importance", "random", BASIC, defaults=FINDINGS_EPOCHS),
+    "capacity": grid_space(  # findings 2-4: encoder x decoder x latent width, two training seeds
+        "capacity",
+        {
+            "encoder_hidden": FINDINGS_WIDTHS,
+            "decoder_hidden": FINDINGS_WIDTHS,
+            "latent_dim": FINDINGS_WIDTHS,
+            "seed": (1, 2),
+        },
+        models=("vae",),
+        defaults=FINDINGS_EPOCHS,
+    ),
+    "data-seeds": grid_space(  # findings 6, 7: the data grid, three seeds (of the weights and of the data draw)
+        "data-seeds",
+        {"n_samples": (200, 2000, 20000), "noise": (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3), "seed": (1, 2, 3)},
+        defaults=FINDINGS_EPOCHS,
+        tied={"data_seed": "seed"},
+    ),
+    "probabilistic-seeds": grid_space(  # finding 8: eps_w x beta, three seeds
+        "probabilistic-seeds",
+        {"eps_w": (0.001, 0.01, 0.1, 0.3, 1.0), "beta": (0.1, 1.0, 10.0, 100.0), "seed": (1, 2, 3)},
+        defaults=FINDINGS_EPOCHS,
     ),
 }
 

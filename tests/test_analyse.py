@@ -167,7 +167,7 @@ def test_report_notebook_runs_on_the_registered_models(registry, monkeypatch):
     assert len(figures) >= 8 + 4
     text = "".join(output.get("text", "") + str(output.get("data", {}).get("text/plain", "")) for output in outputs)
     assert "cvae_posterior_conditional_accuracy" in text
-    assert "moonvae-vae-basic" in text and "reproduced" in text
+    assert "moonvae-vae-basic" in text and re.search(r"\b(reproduced|refuted|inconclusive)\b", text)
 
 
 def test_metrics_read_side_by_side():

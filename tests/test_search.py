@@ -86,7 +86,7 @@ def test_auto_pruner_prunes_only_the_search_for_the_best(workdir, space, pruner)
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"space": "wide"}, "space must be one of basic, data, probabilistic, got 'wide'"),
+        ({"space": "wide"}, "space must be one of basic, data, probabilistic, importance, capacity, data-seeds"),
         ({"model": "gan"}, "model must be one of vae, cvae, both, got 'gan'"),
         ({"n_trials": 0}, "n_trials must be an integer >= 1"),
         ({"n_jobs": 0}, "n_jobs must be an integer >= 1"),
