@@ -35,6 +35,7 @@ PANEL_WIDTH = 2.4  # inches; the height follows the frame's aspect
 MARKER_PIXELS = 2  # each point a square this wide
 MARGIN = 0.08  # of the data's range, added to each side of the frame
 TITLE_INCHES = 0.22  # room above the panels for their titles
+PYPLOT_DPI = 90  # other libraries' figures, drawn once per study and full of text: larger than ours
 MAX_POINTS = 1200  # per panel (the default training split); more would only blot a small panel and add bytes
 Frame = tuple[float, float, float, float]  # x min, x max, y min, y max
 Points = tuple[np.ndarray, np.ndarray | None]  # N x 2 coordinates, N moon labels (None: no moon)
@@ -117,7 +118,7 @@ def _closing_new_pyplot_figures() -> Iterator[None]:
             plt.close(number)
 
 
-def pyplot_png(draw: Callable[[], Any], dpi: int = DPI) -> bytes:
+def pyplot_png(draw: Callable[[], Any], dpi: int = PYPLOT_DPI) -> bytes:
     """PNG bytes of what `draw` plots through pyplot (it returns an Axes or an array of them); its figures closed.
 
     For libraries that only draw through pyplot (Optuna's matplotlib plots), so a
