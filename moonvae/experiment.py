@@ -1,4 +1,4 @@
-"""One tracked training run: data, model, loop, test metrics, plots and the logged model.
+"""One tracked training run: data, model, loop, test metrics, images and the logged model.
 
 Shared by `moonvae train` (one run) and the tuner (one nested run per trial).
 It calls `tracking` and `pyfunc` for everything MLflow, and never the MLflow API itself.
@@ -13,13 +13,15 @@ import numpy as np
 import torch
 
 from moonvae import data as moons
-from moonvae import latent_stats, plots, pyfunc, tracking
+from moonvae import images, latent_stats, pyfunc, tracking
 from moonvae.config import RunConfig
+from moonvae.evaluate import draw as draw_samples
 from moonvae.models import VAE, LossTerms, build_model, latent_bank
 from moonvae.tracking import Client, ModelInfo
 from moonvae.train import EpochCallback, EpochMetrics, TrainResult, evaluate, fit
 
-SAMPLE_SEED = 0  # prior samples in the logged plot
+SAMPLE_SEED = 0  # the same noise in every snapshot, so snapshots differ only by the model
+SNAPSHOT_EPOCHS = frozenset({0, 9, 99, 999})  # after 1, 10, 100 and 1000 epochs: a few images, even in log time
 
 
 @dataclass
@@ -31,6 +33,14 @@ class Outcome:
     model_info: ModelInfo | None
     train_mse: float = float("nan")  # on the training split: over-fitting is test_mse minus this
     usage: dict[str, float] = field(default_factory=dict)  # active units and I(x; z): how much latent is used
+
+    @classmethod
+    def measure(cls, network: VAE, result: TrainResult, data: moons.MoonsData) -> Outcome:
+        """The trained network's test and train error and how much of its latent it uses."""
+        bank = latent_bank(network, data.train.x, data.train.y)
+        usage = latent_stats.latent_usage(bank.mean, bank.logvar, eps_w=network.config.eps_w)
+        train_mse = evaluate(network, data.train).mse.item()
+        return cls(network, result, evaluate(network, data.test), data, None, train_mse, usage)
 
     def final_metrics(self) -> dict[str, float]:
         return {
@@ -45,35 +55,67 @@ class Outcome:
         }
 
 
-def prior_samples(network: VAE, labels: torch.Tensor, seed: int = SAMPLE_SEED) -> np.ndarray:
-    """One prior sample per label (the VAE ignores the labels)."""
-    return network.sample(len(labels), labels, torch.Generator().manual_seed(seed)).numpy()
+class Snapshots:
+    """What the network makes of the data as it trains, as images the UI compares across runs.
+
+    Logged as MLflow images under the keys `reconstructions` (test data | reconstructions)
+    and `samples` (prior | aggregate posterior: one per test point, coloured by the requested
+    moon; the VAE's, blind to moons, in grey), at SNAPSHOT_EPOCHS (step = epoch) and, for
+    the model the run keeps (the best epoch's weights), at step `max_epochs`: one past any
+    epoch, and the same step for every trial of a study, so the UI's image grid, which
+    matches steps exactly, shows the trials' kept models side by side. That last
+    snapshot is also the run's `plots/reconstruction.png`.
+    """
+
+    def __init__(self, mlflow_client: Client, run_id: str, network: VAE, data: moons.MoonsData) -> None:
+        self._client, self._run_id, self._network, self._data = mlflow_client, run_id, network, data
+        self._panels = images.Panels(2, images.frame(data.train.x.numpy()))  # one figure for both keys
+
+    def draw(self) -> tuple[np.ndarray, np.ndarray]:
+        """Reconstructions and samples of the network as it is now, in eval mode like the metrics.
+
+        Training resumes in the mode it was in; no random state is touched, so a run's numbers do not change.
+        """
+        network, test = self._network, self._data.test
+        was_training = network.training
+        network.eval()
+        try:
+            with torch.inference_mode():
+                reconstruction = network(test.x, test.y)[0].numpy()
+                bank = latent_bank(network, self._data.train.x, self._data.train.y)
+                drawn = draw_samples(network, bank, test, SAMPLE_SEED)
+        finally:
+            network.train(was_training)
+        labels = test.y.numpy()
+        requested = labels if network.n_conditions else None
+        reconstructions = self._panels.draw(
+            {"test data": (test.x.numpy(), labels), "reconstructions": (reconstruction, labels)}
+        )
+        samples = self._panels.draw(
+            {"prior samples": (drawn.prior, requested), "aggregate-posterior samples": (drawn.posterior, requested)}
+        )
+        return reconstructions, samples
+
+    def log(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        reconstructions, samples = drawn = self.draw()
+        tracking.log_image(self._client, self._run_id, reconstructions, "reconstructions", step)
+        tracking.log_image(self._client, self._run_id, samples, "samples", step)
+        return drawn
+
+    def on_epoch(self, metrics: EpochMetrics) -> None:
+        if metrics.epoch in SNAPSHOT_EPOCHS:
+            self.log(metrics.epoch)
+
+    def finish(self, max_epochs: int) -> None:
+        """With the kept weights restored: their snapshot at step `max_epochs`, and `plots/reconstruction.png`."""
+        drawn = self.log(max_epochs)
+        tracking.log_png(self._client, self._run_id, images.png(np.hstack(drawn)), "plots/reconstruction.png")
 
 
-def log_plots(mlflow_client: Client, run_id: str, network: VAE, data: moons.MoonsData) -> None:
-    test = data.test
-    with torch.inference_mode():
-        reconstruction = network(test.x, test.y)[0].numpy()
-    labels = test.y.numpy()
-    tracking.log_figure(
-        mlflow_client,
-        run_id,
-        plots.panels({"train data": (data.train.x.numpy(), data.train.y.numpy())}, "Training data"),
-        "plots/data.html",
-    )
-    tracking.log_figure(
-        mlflow_client,
-        run_id,
-        plots.panels(
-            {
-                "test data": (test.x.numpy(), labels),
-                "reconstruction": (reconstruction, labels),
-                "prior samples": (prior_samples(network, test.y), labels),
-            },
-            f"{network.config.model.upper()}: test data, reconstructions and samples",
-        ),
-        "plots/reconstruction.html",
-    )
+def log_data_plot(mlflow_client: Client, run_id: str, data: moons.MoonsData) -> None:
+    """The training split, coloured by moon, as `plots/data.png`."""
+    training = images.scatter_png({"training data": (data.train.x.numpy(), data.train.y.numpy())})
+    tracking.log_png(mlflow_client, run_id, training, "plots/data.png")
 
 
 def run_training(
@@ -85,30 +127,29 @@ def run_training(
     log_model: bool = True,
     cache_dir: Path = moons.DEFAULT_CACHE_DIR,
 ) -> Outcome:
-    """Train `config` and log params, data, per-epoch and final metrics, plots and the model to `run_id`.
+    """Train `config` and log params, data, per-epoch and final metrics, images and the model to `run_id`.
 
-    Epoch metrics are flushed even when `on_epoch` raises (a pruned trial keeps its curves).
+    Epoch metrics and snapshots are logged even when `on_epoch` raises (a pruned trial keeps its curves).
     """
     data = moons.load(config.data, cache_dir)
     tracking.log_params(mlflow_client, run_id, config.params())
     with np.load(data.path) as arrays:
         tracking.log_dataset(mlflow_client, run_id, arrays["X"], arrays["y"], data.path)
     network = build_model(config.model, config.train.seed)
+    snapshots = Snapshots(mlflow_client, run_id, network, data)
     with tracking.MetricBuffer(mlflow_client, run_id) as buffer:
 
         def log_epoch(metrics: EpochMetrics) -> None:
             buffer.add(metrics.as_dict(), step=metrics.epoch)
+            snapshots.on_epoch(metrics)
             if on_epoch is not None:
                 on_epoch(metrics)
 
         result = fit(network, data.train, data.val, config.train, on_epoch=log_epoch)
-        test = evaluate(network, data.test)
-        bank = latent_bank(network, data.train.x, data.train.y)
-        usage = latent_stats.latent_usage(bank.mean, bank.logvar, eps_w=config.model.eps_w)
-        train_mse = evaluate(network, data.train).mse.item()
-        outcome = Outcome(network, result, test, data, model_info=None, train_mse=train_mse, usage=usage)
+        outcome = Outcome.measure(network, result, data)
         buffer.add(outcome.final_metrics())
-    log_plots(mlflow_client, run_id, network, data)
+    log_data_plot(mlflow_client, run_id, data)
+    snapshots.finish(config.train.max_epochs)
     if log_model:
         outcome.model_info = pyfunc.log_model(run_id, network, config, data.train)
     return outcome

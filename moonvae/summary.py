@@ -17,7 +17,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from moonvae import registry, tracking
+from moonvae import images, registry, tracking
 from moonvae.studies import MODEL_ID_ATTR, RUN_ID_ATTR, Target
 from moonvae.tracking import Client
 
@@ -59,8 +59,8 @@ def summarise(study: optuna.Study, client: Client, run_id: str, target: Target, 
         buffer.add(metrics, step=len(trials))
     tracking.set_tag(client, run_id, NOTE_TAG, note(target, counts, best, registered))
     tracking.log_text(client, run_id, study.trials_dataframe().to_csv(index=False), "trials.csv")
-    for artifact, figure in _optuna_figures(study):
-        tracking.log_figure(client, run_id, figure, f"plots/{artifact}.html")
+    for artifact, png in _optuna_figures(study):
+        tracking.log_png(client, run_id, png, f"plots/{artifact}.png")
     return StudyResult(
         name=target.name,
         model=target.model,
@@ -122,10 +122,13 @@ def _best_trial(study: optuna.Study) -> FrozenTrial | None:
         return None
 
 
-def _optuna_figures(study: optuna.Study) -> Iterator[tuple[str, Any]]:
-    """Optuna's plots that the study can draw (importances need two complete trials, for instance)."""
-    from optuna import visualization
+def _optuna_figures(study: optuna.Study) -> Iterator[tuple[str, bytes]]:
+    """Optuna's plots that the study can draw, as PNG (importances need two complete trials, for instance).
+
+    Optuna's matplotlib flavour, so they show in the UI offline; each figure is closed once drawn.
+    """
     from optuna.importance import FanovaImportanceEvaluator
+    from optuna.visualization import matplotlib as visualization
 
     plots: dict[str, Callable[[], Any]] = {
         "optimization_history": lambda: visualization.plot_optimization_history(study),
@@ -141,11 +144,11 @@ def _optuna_figures(study: optuna.Study) -> Iterator[tuple[str, Any]]:
             continue
         try:
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                figure = draw()
+                warnings.simplefilter("ignore")  # the matplotlib plots are experimental, and say so every time
+                png = images.pyplot_png(draw)
         except (ValueError, RuntimeError):  # e.g. every trial has the same params: nothing to rank
             continue
-        yield name, figure
+        yield name, png
 
 
 def _register(

@@ -11,6 +11,8 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import posixpath
+import tempfile
 import threading
 import time
 import warnings
@@ -243,11 +245,6 @@ def log_dataset(
     mlflow_client.log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=tags)])
 
 
-def log_figure(mlflow_client: MlflowClient, run_id: str, figure: Any, artifact_file: str) -> None:
-    """A plotly figure as an HTML artifact (plotly.js from its CDN, ~8 KB a file)."""
-    mlflow_client.log_figure(run_id, figure, artifact_file)
-
-
 def log_text(mlflow_client: MlflowClient, run_id: str, text: str, artifact_file: str) -> None:
     mlflow_client.log_text(run_id, text, artifact_file)
 
@@ -377,3 +374,21 @@ def keep_first_version(mlflow_client: MlflowClient, name: str, alias: str, model
     delete_version(mlflow_client, name, version)
     set_alias(mlflow_client, name, alias, first)
     return first
+
+
+def log_image(mlflow_client: MlflowClient, run_id: str, pixels: np.ndarray, key: str, step: int) -> None:
+    """An image at a training step (H x W x 3 uint8 pixels), one of MLflow's per-step images.
+
+    The UI's chart view shows each key as an image grid across runs, with a slider over the steps.
+    MLflow keeps the image as `images/{key}+step+{step}+...png` beside a small .webp thumbnail.
+    """
+    mlflow_client.log_image(run_id, pixels, key=key, step=step)
+
+
+def log_png(mlflow_client: MlflowClient, run_id: str, png: bytes, artifact_file: str) -> None:
+    """PNG bytes as the artifact `artifact_file` (e.g. `plots/data.png`): an image the UI shows, offline too."""
+    folder, name = posixpath.split(artifact_file)
+    with tempfile.TemporaryDirectory() as local:
+        path = Path(local) / name
+        path.write_bytes(png)
+        mlflow_client.log_artifact(run_id, str(path), folder or None)

@@ -28,8 +28,8 @@ def test_train_logs_a_complete_run(workdir):
     for key in ("best_val_mse", "test_mse", "test_kl"):
         assert run.data.metrics[key] > 0
     assert {a.path for a in client.list_artifacts(run.info.run_id, "plots")} >= {
-        "plots/data.html",
-        "plots/reconstruction.html",
+        "plots/data.png",
+        "plots/reconstruction.png",
     }
     assert run.inputs.dataset_inputs[0].dataset.name == "moons_400_0.15_42"
     assert len(run.outputs.model_outputs) == 1

@@ -8,7 +8,6 @@ from conftest import ROOT
 from moonvae import data, evaluate, metrics
 from moonvae.experiment import Outcome
 from moonvae.models import build_model, latent_bank
-from moonvae.train import evaluate as loss_terms
 from moonvae.train import fit
 
 
@@ -26,7 +25,7 @@ def trained(tmp_path_factory):
 def test_epoch_and_run_metrics_are_the_defined_ones(trained):
     _, moons, network, result = trained
     assert tuple(result.history[0].as_dict()) == metrics.names("epoch")
-    outcome = Outcome(network, result, loss_terms(network, moons.test), moons, model_info=None)
+    outcome = Outcome.measure(network, result, moons)
     assert tuple(outcome.final_metrics()) == metrics.names("run")
 
 

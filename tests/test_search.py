@@ -125,14 +125,14 @@ def test_trials_nest_under_one_study_run_with_two_workers(client):
         assert run.data.params["latent_dim"] == str(trial.params["latent_dim"])
         assert len(client.get_metric_history(run.info.run_id, "val_mse")) == 12
         assert run.data.metrics["best_val_mse"] == pytest.approx(trial.value)
-        assert "plots/reconstruction.html" in {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+        assert "plots/reconstruction.png" in {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     first, second = sorted(trials, key=lambda run: run.info.run_name)[:2]
     assert second.info.start_time < first.info.end_time  # the two workers really overlapped
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
     assert {"trials.csv", "best.json"} <= artifacts
     plots = {a.path for a in client.list_artifacts(result.run_id, "plots")}
     assert plots == {
-        f"plots/{name}.html" for name in ("optimization_history", "param_importances", "parallel_coordinate", "slice")
+        f"plots/{name}.png" for name in ("optimization_history", "param_importances", "parallel_coordinate", "slice")
     }
     table = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="trials.csv"))
     assert len(table) == 4 and set(table["user_attrs_mlflow_run_id"]) == {run.info.run_id for run in trials}

@@ -1,0 +1,82 @@
+"""A run's images as the MLflow UI gets them: from a real `mlflow server`, decoded by headless Chromium, offline.
+
+The UI shows an artifact, and each image of its chart view's image grid, with an
+<img> on the server's `/get-artifact` route; a page here does the same and writes
+what Chromium decoded into its DOM.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from browser import dump_dom
+from conftest import free_port, running_server
+from PIL import Image
+
+from moonvae import tracking
+from moonvae.experiment import run_training
+
+pytestmark = pytest.mark.slow  # a server to start, then Chromium
+
+PAGE = """<!doctype html>
+<html><body>
+<pre id="decoded">{}</pre>
+<script>
+  const decoded = {};
+  for (const [name, source] of Object.entries(SOURCES)) {
+    const image = new Image();
+    image.onload = () => show(name, image.naturalWidth);
+    image.onerror = () => show(name, "error");
+    image.src = source;
+    document.body.appendChild(image);
+  }
+  function show(name, width) {
+    decoded[name] = width;
+    document.getElementById("decoded").textContent = JSON.stringify(decoded);
+  }
+</script>
+</body></html>
+"""
+
+
+@pytest.fixture
+def tracking_server(tmp_path: Path) -> Iterator[str]:
+    """`mlflow server` on sqlite, proxying the artifacts it stores, on a free loopback port."""
+    folder = tmp_path / "server"
+    folder.mkdir()
+    port = free_port()
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}"]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    with running_server(command, folder, port, "/health") as url:
+        yield url
+
+
+def test_chromium_shows_a_runs_plot_and_grid_image_from_the_server(workdir, tracking_server, monkeypatch, small_config):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server)
+    client = tracking.client()
+    with tracking.run(client, "ui") as run_id:
+        run_training(small_config, client, run_id, log_model=False)
+    thumbnail = next(a.path for a in client.list_artifacts(run_id, "images") if a.path.endswith("+compressed.webp"))
+    paths = {"plot": "plots/reconstruction.png", "thumbnail": thumbnail}
+    widths = {
+        name: Image.open(client.download_artifacts(run_id, path, str(workdir))).width for name, path in paths.items()
+    }
+    sources = {
+        name: f"{tracking_server}/get-artifact?path={quote(path, safe='')}&run_uuid={run_id}"
+        for name, path in paths.items()
+    }
+
+    page = workdir / "page.html"
+    page.write_text(PAGE.replace("SOURCES", json.dumps(sources)))
+    dom, log = dump_dom(page)
+    found = re.search(r'<pre id="decoded">(.*?)</pre>', dom, re.S)
+    decoded = json.loads(html.unescape(found.group(1))) if found else {}
+    assert decoded == widths, log[-3000:]  # every image decoded, at its full width
+    assert all(width > 0 for width in widths.values())
