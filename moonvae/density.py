@@ -6,16 +6,31 @@ fitted to the training latents' means (one per moon for the CVAE) covers the sam
 region and fills the gaps between them. The number of components is chosen by the
 validation latents' log-likelihood.
 
+A mixture of the means alone is too tight: decoded, its samples sit 0.7-0.8x as far
+apart as real points. Given the noise the decoder saw around each mean in training
+(eps_w * std of q(z|x)), the mixture adds that noise, per dimension at its root mean
+square over the training points, and its samples are as spread as the data's
+(bench/sources.py).
+
+The means lie in an affine subspace of at most the encoder's last hidden width (8
+dimensions of 128 with the defaults), so the mixture is fitted there, in principal
+coordinates, and its samples stay there: full covariances in 8 dimensions instead of
+128 fit in a second instead of a minute, and diagonal ones in 128 dimensions spill out
+of the subspace and decode to clumps (bench/sources.py).
+
 Fitting uses scikit-learn; the result is plain tensors (`torch.save` and
 `torch.load(weights_only=True)` round-trip it) and sampling is pure torch with a
 seeded generator, so a logged model that samples from it needs no scikit-learn.
 
-State keys (M mixtures, K the most components of any of them, d latent dims):
+State keys (M mixtures, K the most components of any of them, d latent dims, r the
+widest subspace); a component's latents are mean + factor @ eps + noise * eps', with
+eps ~ N(0, I_r) and eps' ~ N(0, I_d):
 - labels (M,) int64: the label each mixture belongs to; empty for one unconditional mixture
 - components (M,) int64: components each mixture uses (the rest of its rows are padding)
 - weights (M, K): mixing weights, 0 on padding
 - means (M, K, d)
-- scale_tril (M, K, d, d) with full covariances, or scales (M, K, d) with diagonal ones
+- factors (M, K, d, r): covariance factors (covariance = factor @ factor.T), zero-padded
+- noise (M, d): the decoder's training noise per dimension; zeros when fitted without it
 """
 
 from __future__ import annotations
@@ -28,11 +43,22 @@ import torch
 if TYPE_CHECKING:
     from sklearn.mixture import GaussianMixture  # imported where fitted: sampling must not need scikit-learn
 
-COMPONENTS = (1, 2, 5, 10, 20, 50, 100)  # candidates, each fitted and scored on the validation latents
-# diagonal: samples as good as full covariances' in 2, 8 and 128 latent dims, fitted 10-50x faster
-# (full in 128 dims: 26 s for the candidates); bench/sources.py
-COVARIANCE = "diag"
+COMPONENTS = (1, 2, 5, 10, 20, 50, 100)  # candidates in increasing order, scored on the validation latents
+COVARIANCE = "full"  # in principal coordinates; "diag" fits each component along the principal axes
+SUBSPACE_TOLERANCE = 1e-3  # principal directions spread less than this share of the widest one are dropped
 REG_COVAR = 1e-6  # added to covariance diagonals; scikit-learn's default
+
+
+def principal_subspace(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Centre and orthonormal basis (d x r) of the directions the points spread along."""
+    centre = points.mean(axis=0)
+    _, spread, directions = np.linalg.svd(points - centre, full_matrices=False)
+    return centre, directions[: max(1, int((spread > SUBSPACE_TOLERANCE * spread[0]).sum()))].T
+
+
+def significant_gain(gaps: np.ndarray) -> bool:
+    """Whether per-point log-likelihood gains are positive by more than their standard error."""
+    return gaps.mean() > gaps.std() / np.sqrt(len(gaps))
 
 
 def fit_gaussians(
@@ -42,21 +68,30 @@ def fit_gaussians(
 
     The error is that of the per-point difference to the best candidate, so the choice
     does not pay for a gain that the validation set's sampling noise could explain
-    (plain argmax picks 2 components for one Gaussian).
+    (plain argmax picks 2 components for one Gaussian). Candidates stop at the first
+    that does not beat the best so far that way, which spares the largest, slowest fits.
     """
     from sklearn.mixture import GaussianMixture
 
-    candidates = [
-        GaussianMixture(k, covariance_type=covariance, reg_covar=REG_COVAR, random_state=seed).fit(train)
-        for k in components
-        if k <= len(train)
-    ]
+    candidates, scores = [], []
+    for k in components:
+        if k > len(train):
+            break
+        mixture = GaussianMixture(k, covariance_type=covariance, reg_covar=REG_COVAR, random_state=seed).fit(train)
+        candidates.append(mixture)
+        scores.append(mixture.score_samples(val))
+        best = max(scores[:-1], key=np.mean, default=None)
+        if best is not None and not significant_gain(scores[-1] - best):
+            break
     if not candidates:
         raise ValueError(f"too few latents ({len(train)}) for {min(components)} components")
-    scores = np.stack([mixture.score_samples(val) for mixture in candidates])
-    gaps = scores[scores.mean(axis=1).argmax()] - scores
-    tolerance = gaps.std(axis=1) / np.sqrt(len(val))
-    return candidates[int(np.flatnonzero(gaps.mean(axis=1) <= tolerance)[0])]
+    best = max(scores, key=np.mean)
+    return next(c for c, score in zip(candidates, scores, strict=True) if not significant_gain(best - score))
+
+
+def training_noise(logvar: torch.Tensor, eps_w: float) -> torch.Tensor:
+    """The std of the noise the decoder saw around each mean in training: z = mean + eps_w * eps * std."""
+    return eps_w * torch.exp(0.5 * logvar)
 
 
 def fit_mixture(
@@ -66,36 +101,47 @@ def fit_mixture(
     val_y: torch.Tensor | None,
     *,
     seed: int,
+    train_noise: torch.Tensor | None = None,
     components: tuple[int, ...] = COMPONENTS,
     covariance: str = COVARIANCE,
 ) -> dict[str, torch.Tensor]:
-    """A mixture per label (one for all when `train_y` is None), as tensors for `sample_mixture`."""
+    """A mixture per label (one for all when `train_y` is None), as tensors for `sample_mixture`.
+
+    `train_noise` (N x d, optional): the std of the noise the decoder saw around each
+    training mean, eps_w * exp(logvar / 2); the mixture's samples then carry it too.
+    """
+    if train_noise is None:
+        train_noise = torch.zeros_like(train_means)
     if train_y is None:
-        labels, groups = [], [(train_means, val_means)]
+        labels, groups = [], [(train_means, val_means, train_noise)]
     else:
         labels = sorted(int(label) for label in train_y.unique())
-        groups = [(train_means[train_y == label], val_means[val_y == label]) for label in labels]
-    fitted = [
-        fit_gaussians(train.double().numpy(), val.double().numpy(), seed, components, covariance)
-        for train, val in groups
-    ]
-    most, dim = max(m.n_components for m in fitted), train_means.shape[1]
+        groups = [(train_means[train_y == k], val_means[val_y == k], train_noise[train_y == k]) for k in labels]
+    fitted = []
+    for train, val, _ in groups:
+        centre, basis = principal_subspace(train.double().numpy())
+        coordinates = [(points.double().numpy() - centre) @ basis for points in (train, val)]
+        fitted.append((centre, basis, fit_gaussians(*coordinates, seed, components, covariance)))
+    most = max(mixture.n_components for _, _, mixture in fitted)
+    widest, dim = max(basis.shape[1] for _, basis, _ in fitted), train_means.shape[1]
     weights, means = torch.zeros(len(fitted), most), torch.zeros(len(fitted), most, dim)
-    scales = torch.zeros(len(fitted), most, dim, dim) if covariance == "full" else torch.zeros(len(fitted), most, dim)
-    for row, mixture in enumerate(fitted):
-        k = mixture.n_components
+    factors = torch.zeros(len(fitted), most, dim, widest)
+    for row, (centre, basis, mixture) in enumerate(fitted):
+        k, r = mixture.n_components, basis.shape[1]
         weights[row, :k] = torch.from_numpy(mixture.weights_)
-        means[row, :k] = torch.from_numpy(mixture.means_)
+        means[row, :k] = torch.from_numpy(centre + mixture.means_ @ basis.T)
         if covariance == "full":
-            scales[row, :k] = torch.from_numpy(np.linalg.cholesky(mixture.covariances_))
+            local = np.linalg.cholesky(mixture.covariances_)
         else:
-            scales[row, :k] = torch.from_numpy(np.sqrt(mixture.covariances_))
+            local = np.sqrt(mixture.covariances_)[:, None, :] * np.eye(r)
+        factors[row, :k, :, :r] = torch.from_numpy(basis @ local)
     return {
         "labels": torch.tensor(labels, dtype=torch.int64),
-        "components": torch.tensor([m.n_components for m in fitted], dtype=torch.int64),
+        "components": torch.tensor([mixture.n_components for _, _, mixture in fitted], dtype=torch.int64),
         "weights": weights,
         "means": means,
-        "scale_tril" if covariance == "full" else "scales": scales,
+        "factors": factors,
+        "noise": torch.stack([noise.pow(2).mean(dim=0).sqrt() for _, _, noise in groups]).float(),
     }
 
 
@@ -119,11 +165,10 @@ def sample_mixture(
     for m in mixture.unique():
         rows = (mixture == m).nonzero().squeeze(1)
         component[rows] = torch.multinomial(state["weights"][m], len(rows), replacement=True, generator=generator)
-    eps = torch.randn((n, state["means"].shape[2]), generator=generator)
-    z = state["means"][mixture, component].clone()
-    if "scales" in state:
-        return z + state["scales"][mixture, component] * eps
+    eps = torch.randn((n, state["factors"].shape[3]), generator=generator)
+    noise = torch.randn((n, state["means"].shape[2]), generator=generator)
+    z = state["means"][mixture, component] + state["noise"][mixture] * noise
     for m, k in torch.stack([mixture, component], dim=1).unique(dim=0).tolist():
         rows = ((mixture == m) & (component == k)).nonzero().squeeze(1)
-        z[rows] += eps[rows] @ state["scale_tril"][m, k].T
+        z[rows] += eps[rows] @ state["factors"][m, k].T
     return z

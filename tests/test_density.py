@@ -58,6 +58,27 @@ def test_samples_land_near_their_labels_cluster(covariance):
         assert torch.allclose(own.std(dim=0), torch.full((4,), 0.3), atol=0.05)
 
 
+def test_samples_stay_in_the_subspace_of_the_latents():
+    """Latents of a narrow encoder span few of the latent dimensions; the samples must not leave them."""
+    basis = torch.linalg.qr(gaussian(16, [0.0, 0.0], 0)).Q.T  # 2 orthonormal directions in 16 dimensions
+    offset = torch.linspace(-1, 1, 16)
+    train, val = (offset + gaussian(n, [0.0, 0.0], seed) @ basis for n, seed in ((600, 1), (200, 2)))
+    state = density.fit_mixture(train, None, val, None, seed=0)
+    assert state["factors"].shape[-1] == 2  # fitted in 2 principal coordinates
+    z = density.sample_mixture(state, 2000, None, torch.Generator().manual_seed(0)) - offset
+    assert (z - (z @ basis.T) @ basis).abs().max() < 1e-4
+    assert torch.allclose(torch.cov(z.T), torch.cov((train - offset).T), atol=0.15)
+
+
+def test_samples_carry_the_training_noise():
+    train, val = gaussian(600, [0.0, 0.0, 0.0], 1), gaussian(200, [0.0, 0.0, 0.0], 2)
+    noise = torch.tensor([0.0, 0.5, 2.0]).expand(600, -1)
+    state = density.fit_mixture(train, None, val, None, seed=0, train_noise=noise)
+    z = density.sample_mixture(state, 20_000, None, torch.Generator().manual_seed(0))
+    assert torch.allclose(z.var(dim=0), torch.tensor([1.0, 1.25, 5.0]), rtol=0.1)
+    assert torch.equal(density.training_noise(torch.zeros(2, 3), 0.1), torch.full((2, 3), 0.1))
+
+
 def test_full_covariance_keeps_correlations():
     correlated = gaussian(2000, [0.0, 0.0], 0) @ torch.tensor([[1.0, 0.9], [0.0, 0.3]])
     state = density.fit_mixture(correlated, None, correlated[:500], None, seed=0, components=(1, 2), covariance="full")
@@ -117,7 +138,8 @@ def test_a_mixture_beats_the_prior_of_small_trained_models(small_config: RunConf
         fit(network, moons.train, moons.val, training)
         train, val = latent_bank(network, moons.train.x, moons.train.y), latent_bank(network, moons.val.x, moons.val.y)
         labels = (train.y, val.y) if network.n_conditions else (None, None)
-        state = density.fit_mixture(train.mean, labels[0], val.mean, labels[1], seed=0)
+        spread = density.training_noise(train.logvar, network.config.eps_w)
+        state = density.fit_mixture(train.mean, labels[0], val.mean, labels[1], seed=0, train_noise=spread)
         judge = dict(sets=2, n=500, conditional=bool(network.n_conditions))
         prior = quality.judge(quality.prior_sampler(network), train_x, noise, **judge)
         mixture = quality.judge(quality.mixture_sampler(network, state), train_x, noise, **judge)

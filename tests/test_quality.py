@@ -65,7 +65,7 @@ def test_an_exact_sampler_scores_the_floor():
     pooled_spread = np.sqrt(np.mean([r["mmd_ratio_std"] ** 2 for r in runs]))
     assert 0.5 * one_set_spread < pooled_spread < 1.5 * one_set_spread
     assert all(abs(r["c2st"] - 0.5) < 0.03 for r in runs)
-    assert all(abs(r["copying"] - 1) < 0.1 for r in runs)
+    assert all(abs(r["copying"] - 1) < 0.1 and abs(r["spacing"] - 1) < 0.1 for r in runs)
     assert all(r["mmd_floor"] == floor.mmd for r in runs)
 
 
@@ -88,6 +88,19 @@ def test_copying_is_low_for_jittered_training_points_and_one_for_fresh_points():
     assert quality.judge(quality.exact_sampler(NOISE), TRAIN_X, NOISE, sets=2, n=N)["copying"] == pytest.approx(
         1, abs=0.1
     )
+
+
+def test_spacing_sees_clumps_that_mmd_and_c2st_smooth_over():
+    exact = quality.exact_sampler(NOISE)
+
+    def clumps(n: int, generator: torch.Generator, labels: torch.Tensor | None) -> np.ndarray:
+        centres = exact(n // 4, generator, None).repeat(4, axis=0)  # 4 points around each exact point
+        return centres + 0.003 * torch.randn((n, 2), generator=generator).numpy()
+
+    clumped = quality.judge(clumps, TRAIN_X, NOISE, sets=2, n=N)
+    fresh = quality.judge(exact, TRAIN_X, NOISE, sets=2, n=N)
+    assert clumped["spacing"] < 0.3 and fresh["spacing"] == pytest.approx(1, abs=0.1)
+    assert clumped["mmd_ratio"] < 5 and clumped["c2st"] < 0.6
 
 
 def test_on_moon_counts_samples_on_the_requested_moon():
