@@ -6,7 +6,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 # the run list without the trials: studies, tune, train and analyse runs, whatever page the trials push them to
 UI_FILTER := http://127.0.0.1:5000/\#/experiments/1?searchFilter=tags.%60moonvae.kind%60%20!%3D%20%27trial%27
 
-.PHONY: install tune train analyse test test-slow format bench clean
+.PHONY: install tune findings train analyse test test-slow format bench clean
 
 install: $(VENV)/.installed
 
@@ -19,6 +19,18 @@ $(VENV)/.installed: pyproject.toml
 tune: install  ## the main job: mlflow run . -e tune
 	mlflow run . -e tune --experiment-name moonvae --env-manager local $(ARGS)
 	@echo "studies: mlflow ui, then open $(UI_FILTER)"
+
+# The studies designed for the study's findings (README: The study's findings, judged), then analyse:
+# 100 random trials per model for importance, every point of the three grids (n_trials above their size).
+# A study already complete runs nothing again.
+FINDINGS_GRIDS := capacity data-seeds probabilistic-seeds
+findings: tune  ## the champions, the four findings studies, then analyse
+	mlflow run . -e tune --experiment-name moonvae --env-manager local -P space=importance -P n_jobs=2 $(ARGS)
+	for space in $(FINDINGS_GRIDS); do \
+	  mlflow run . -e tune --experiment-name moonvae --env-manager local -P space=$$space -P n_trials=1000 \
+	    -P n_jobs=2 $(ARGS) || exit 1; \
+	done
+	mlflow run . -e analyse --experiment-name moonvae --env-manager local
 
 train: install
 	mlflow run . -e train --experiment-name moonvae --env-manager local $(ARGS)
