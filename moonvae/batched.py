@@ -1,11 +1,11 @@
-"""Train several configs at once as one vectorised model: the per-call overhead of an epoch is paid once.
+"""Train several configs at once as one vectorised model: the per-op overhead of an epoch is paid once.
 
-A trial's network is too small to keep a core busy; `train.fit` spends most of an
-epoch in Python and in torch's per-op dispatch. Here K members share every op:
-their parameters live in one [K, P] buffer, each member's layers zero-padded to
-the widest in the batch, and the forward and backward passes are batched matmuls
-written out by hand (an MLP's gradients are a few lines; autograd's bookkeeping
-would cost more than the arithmetic).
+A trial's network is too small to keep a core busy: `train.fit` spends most of an
+epoch in Python and in torch's dispatch. Here the members of a stack share every
+op: their parameters live in one [K, P] buffer, each member's layers zero-padded
+to the widest in the stack, and the forward and backward passes are batched
+matmuls written out by hand (an MLP's gradients are a few lines; autograd took
+2-4x as long on these sizes).
 
 Padding is exact, not approximate: a padded unit has zero weights in and out, so
 its activation is 0 and ReLU passes it no gradient; a padded latent has mean 0,
@@ -14,10 +14,11 @@ are 0. Zero gradients leave Adam's moments at 0, so padded weights stay 0 and
 each member computes exactly its own network.
 
 Each member draws its batch order and noise from its own generator seeded with
-its own seed, so its numbers do not depend on which others share its batch.
-Members that finish (early stopping, max_epochs, divergence, a stop from the
-callback) are dropped from the buffers at the end of the epoch, and the padding
-shrinks to the widest member left.
+its own seed, so its numbers do not depend on which others train beside it.
+`fit_batch` splits the configs into stacks by a rough cost model (`partition`):
+narrow networks share one, wide ones are not padded onto them. Members that
+finish (early stopping, max_epochs, divergence, a stop from the callback) leave
+their stack at the end of the epoch, and its padding shrinks to the widest left.
 """
 
 from __future__ import annotations
@@ -40,13 +41,16 @@ CLIP_EPS = 1e-6  # clip_grad_norm_ divides by norm + 1e-6
 PLATEAU_THRESHOLD = 1e-4  # ReduceLROnPlateau's default: "better" means below best * (1 - 1e-4)
 PLATEAU_MIN_CHANGE = 1e-8  # ReduceLROnPlateau's eps: smaller lr reductions are skipped
 
-# A rough model of one Adam step on one core, fitted on a 2-core x86 machine with MKL. It only decides which
-# members share a stack: padding a narrow member to a wide one's widths costs it the wide one's arithmetic,
-# a stack of its own costs the per-op overhead once more.
-STEP_OVERHEAD_US = 250.0  # Python and dispatch of one stack's ops, whatever their size
+# Which members share a stack. Padding a narrow member to a wide one's widths costs it the wide one's
+# arithmetic; a stack of its own costs the per-op overhead once more; and a stack whose activations
+# outgrow the core's cache slows every op down (per member, 16 stacked latent-128 networks trained
+# slower than one alone). Fitted on a 2-core x86 machine (1 MiB L2 per core) with MKL.
+STEP_OVERHEAD_US = 200.0  # Python and dispatch of one stack's ops, whatever their size
 MATMUL_NS = 0.06  # per weight and sample: a multiply-add forward, two backward
 LATENT_NS = 7.0  # per latent unit and sample: noise, exp, KL and their gradients
 HIDDEN_NS = 1.0  # per hidden unit and sample: bias, ReLU and its gradient
+STACK_FLOATS = 65536  # most a stack's widest activation may hold (members x batch x width): 256 KiB
+NARROW = 16  # products with fewer columns are computed transposed (see _matmul)
 
 BatchCallback = Callable[[int, EpochMetrics], None]
 Layout = dict[str, tuple[int, ...]]  # parameter name -> shape of one member's tensor, in buffer order
@@ -166,25 +170,57 @@ def unpad(row: torch.Tensor, shapes: Layout, own: Layout) -> dict[str, torch.Ten
 
 # ---- the maths: the same as models.VAE.forward and .loss, for K members at once ----
 
+Linear = tuple[torch.Tensor, torch.Tensor]  # weight [K, fan_in, fan_out], bias [K, 1, fan_out]
+
+
+@dataclass
+class Layers:
+    """A stack's weights, or their gradients, layer by layer: views of a [K, P] buffer laid out as `layout`."""
+
+    encoder: list[Linear]
+    head: Linear  # the mean's and the log-variance's outputs side by side: fan_out 2 * latent
+    decoder: list[Linear]  # the first takes [y, z]
+    out: Linear
+
+    @classmethod
+    def of(cls, flat: torch.Tensor, shapes: Layout) -> Layers:
+        tensors = [tensor.flatten(2) for tensor in unflatten(flat, shapes).values()]
+        linears = list(zip(tensors[::2], tensors[1::2], strict=True))
+        n_encoder = sum(name.startswith("encoder.") for name in shapes) // 2
+        return cls(linears[:n_encoder], linears[n_encoder], linears[n_encoder + 1 : -1], linears[-1])
+
+    def flat(self) -> torch.Tensor:
+        tensors = [tensor for linear in (*self.encoder, self.head, *self.decoder, self.out) for tensor in linear]
+        return torch.cat([tensor.reshape(len(tensor), -1) for tensor in tensors], dim=1)
+
 
 def _matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a @ b for [K, M, I] x [K, I, N].
 
-    MKL runs a product with few columns several times slower than its transpose
-    (an output layer's [256, 2] took 8x as long as [2, 256]), so a tall product
-    is computed as (b^T a^T)^T.
+    MKL is slow at products of few columns: an output layer's [256, 2] took up to
+    8x as long as its transpose [2, 256]. So a product narrower than NARROW columns
+    is computed as (b^T a^T)^T; a wider one is not, as the transposed result would
+    slow down every elementwise op that meets it.
     """
-    if a.shape[1] > b.shape[2]:
+    if b.shape[2] < NARROW < a.shape[1]:
         return torch.bmm(b.transpose(1, 2), a.transpose(1, 2)).transpose(1, 2)
     return torch.bmm(a, b)
+
+
+def _relu_mlp(inputs: torch.Tensor, linears: list[Linear]) -> list[torch.Tensor]:
+    """The input, then each layer's output."""
+    outputs = [inputs]
+    for weight, bias in linears:
+        outputs.append(_matmul(outputs[-1], weight).add_(bias).relu_())
+    return outputs
 
 
 @dataclass
 class Pass:
     """What the backward pass needs from the forward pass."""
 
-    encoder: list[torch.Tensor]  # each encoder layer's input, then the last layer's output
-    decoder: list[torch.Tensor]  # the same for the decoder, starting with [y, z]
+    encoder: list[torch.Tensor]  # _relu_mlp's outputs from [x, y]
+    decoder: list[torch.Tensor]  # _relu_mlp's outputs from [y, z]
     mean: torch.Tensor
     spread: torch.Tensor | None  # z - mean = eps_w * eps * std (None in eval mode)
     variance_minus_one: torch.Tensor  # exp(logvar) - 1
@@ -193,25 +229,16 @@ class Pass:
     kl: torch.Tensor  # [K]
 
 
-def forward(weights: dict[str, torch.Tensor], inputs: torch.Tensor, scaled_noise: torch.Tensor | None) -> Pass:
+def forward(layers: Layers, inputs: torch.Tensor, scaled_noise: torch.Tensor | None) -> Pass:
     """inputs: [K, B, 2 + conditions] ([x, y]); scaled_noise: [K, B, latent] eps_w * N(0, 1), None in eval mode."""
-    n_encoder = sum(name.startswith("encoder.") for name in weights) // 2
-    n_decoder = sum(name.startswith("decoder.") for name in weights) // 2
-    k, fan_in, _, latent = weights["head.weight"].shape
-    encoder = [inputs]
-    for i in range(n_encoder):
-        encoder.append(_matmul(encoder[-1], weights[f"encoder.{i}.weight"]).add_(weights[f"encoder.{i}.bias"]).relu_())
-    head = _matmul(encoder[-1], weights["head.weight"].view(k, fan_in, 2 * latent))
-    head.add_(weights["head.bias"].view(k, 1, 2 * latent))
-    mean, logvar = head[..., :latent], head[..., latent:]
+    encoder = _relu_mlp(inputs, layers.encoder)
+    mean, logvar = _matmul(encoder[-1], layers.head[0]).add_(layers.head[1]).chunk(2, dim=2)
     std = logvar.mul(0.5).exp_()
     spread = None if scaled_noise is None else scaled_noise * std
     z = mean if spread is None else mean + spread
     x, y = inputs[..., :DATA_DIM], inputs[..., DATA_DIM:]
-    decoder = [torch.cat([y, z], dim=2) if y.shape[2] else z]
-    for i in range(n_decoder):
-        decoder.append(_matmul(decoder[-1], weights[f"decoder.{i}.weight"]).add_(weights[f"decoder.{i}.bias"]).relu_())
-    error = _matmul(decoder[-1], weights["out.weight"]).add_(weights["out.bias"]).sub_(x)
+    decoder = _relu_mlp(torch.cat([y, z], dim=2) if y.shape[2] else z, layers.decoder)
+    error = _matmul(decoder[-1], layers.out[0]).add_(layers.out[1]).sub_(x)
     numel = x.shape[1] * x.shape[2]
     variance_minus_one = std.square().sub_(1)
     mse = error.square().sum((1, 2)) / numel
@@ -220,42 +247,38 @@ def forward(weights: dict[str, torch.Tensor], inputs: torch.Tensor, scaled_noise
     return Pass(encoder, decoder, mean, spread, variance_minus_one, error, mse, kl)
 
 
-def _linear_backward(
-    grads: dict[str, torch.Tensor], name: str, inputs: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor | None
-) -> torch.Tensor | None:
-    """Gradients of y = inputs @ W + b given dL/dy; returns dL/dinputs (None when `weight` is None: not needed)."""
-    grads[f"{name}.weight"] = _matmul(inputs.transpose(1, 2), delta)
-    grads[f"{name}.bias"] = delta.sum(1, keepdim=True)
-    return None if weight is None else _matmul(delta, weight.transpose(1, 2))
+def _linear_backward(inputs: torch.Tensor, delta: torch.Tensor) -> Linear:
+    """The gradients of y = inputs @ weight + bias, given delta = dL/dy."""
+    return _matmul(inputs.transpose(1, 2), delta), delta.sum(1, keepdim=True)
 
 
-def _relu_backward(delta: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-    return torch.ops.aten.threshold_backward(delta, output, 0.0)  # delta where output > 0, else 0
+def _mlp_backward(
+    outputs: list[torch.Tensor], linears: list[Linear], delta: torch.Tensor, to_input: bool
+) -> tuple[list[Linear], torch.Tensor]:
+    """_relu_mlp's gradients given dL/d(last output), and dL/d(input) if `to_input` (else the first layer's delta)."""
+    grads: list[Linear] = []
+    for i in reversed(range(len(linears))):
+        delta = torch.ops.aten.threshold_backward(delta, outputs[i + 1], 0.0)  # ReLU: delta where output > 0
+        grads.insert(0, _linear_backward(outputs[i], delta))
+        if i or to_input:
+            delta = _matmul(delta, linears[i][0].transpose(1, 2))
+    return grads, delta
 
 
-def backward(
-    weights: dict[str, torch.Tensor], shapes: Layout, state: Pass, beta: torch.Tensor, conditions: int
-) -> torch.Tensor:
-    """d(mse + beta * kl)/d(weights) for every member, as a [K, P] buffer laid out as `shapes`."""
-    k, fan_in, _, latent = weights["head.weight"].shape
+def backward(layers: Layers, state: Pass, beta: torch.Tensor, conditions: int) -> Layers:
+    """d(mse + beta * kl)/d(weights) for every member."""
     numel = state.error.shape[1] * state.error.shape[2]
-    grads: dict[str, torch.Tensor] = {}
-    delta = _linear_backward(grads, "out", state.decoder[-1], state.error * (2 / numel), weights["out.weight"])
-    for i in reversed(range(len(state.decoder) - 1)):
-        delta = _relu_backward(delta, state.decoder[i + 1])
-        delta = _linear_backward(grads, f"decoder.{i}", state.decoder[i], delta, weights[f"decoder.{i}.weight"])
+    delta = state.error * (2 / numel)
+    out = _linear_backward(state.decoder[-1], delta)
+    decoder, delta = _mlp_backward(state.decoder, layers.decoder, _matmul(delta, layers.out[0].transpose(1, 2)), True)
     d_z, kl_weight = delta[..., conditions:], beta / numel
-    d_head = torch.empty(k, d_z.shape[1], 2 * latent)
-    torch.addcmul(d_z, state.mean, kl_weight, out=d_head[..., :latent])  # d/dmean
-    d_logvar = torch.mul(d_z, state.spread, out=d_head[..., latent:])
-    d_logvar.addcmul_(state.variance_minus_one, kl_weight).mul_(0.5)
-    last = len(state.encoder) - 1
-    delta = _linear_backward(grads, "head", state.encoder[last], d_head, weights["head.weight"].view(k, fan_in, -1))
-    for i in reversed(range(last)):
-        delta = _relu_backward(delta, state.encoder[i + 1])
-        weight = weights[f"encoder.{i}.weight"] if i else None
-        delta = _linear_backward(grads, f"encoder.{i}", state.encoder[i], delta, weight)
-    return flatten(grads, shapes)
+    d_mean = torch.addcmul(d_z, state.mean, kl_weight)
+    d_logvar = (d_z * state.spread).addcmul_(state.variance_minus_one, kl_weight).mul_(0.5)
+    d_head = torch.cat([d_mean, d_logvar], dim=2)
+    head = _linear_backward(state.encoder[-1], d_head)
+    delta = _matmul(d_head, layers.head[0].transpose(1, 2))
+    encoder, _ = _mlp_backward(state.encoder, layers.encoder, delta, False)
+    return Layers(encoder, head, decoder, out)
 
 
 # ---- the loop: train.fit's schedule, per member ----
@@ -339,11 +362,11 @@ class _Stack:
     def _set_constants(self) -> None:
         """Per-member tensors, made again whenever members leave."""
         configs = [member.config for member in self.members]
-        self.views = unflatten(self.weights, self.shapes)
+        self.layers = Layers.of(self.weights, self.shapes)
         self.eps_w = _per_member([config.model.eps_w for config in configs])
         self.beta = _per_member([config.model.beta for config in configs])
         self.grad_clip = _per_member([config.train.grad_clip for config in configs])[:, 0]
-        # the padded latents' noise stays 0; allocated once, not every epoch (fresh pages are slow to fault in)
+        # the padded latents' noise stays 0; allocated once, as faulting in fresh pages every epoch was slow
         self.noise = torch.zeros(len(self.members), len(self.train_inputs), self.shapes["head.weight"][2])
 
     def train_epoch(self) -> torch.Tensor:
@@ -358,12 +381,10 @@ class _Stack:
         inputs = self.train_inputs[torch.stack(orders)]
         lr = torch.tensor([member.lr for member in self.members], dtype=torch.float64)[:, None]
         total = torch.zeros(len(self.members))
-        for start in range(0, n, self.batch_size):
-            rows = slice(start, start + self.batch_size)
-            state = forward(self.views, inputs[:, rows], self.noise[:, rows])
-            total += torch.addcmul(state.mse, self.beta[:, 0, 0], state.kl) * len(state.error[0])
-            grad = backward(self.views, self.shapes, state, self.beta, self.conditions)
-            self._adam_step(grad, lr)
+        for batch, noise in zip(inputs.split(self.batch_size, 1), self.noise.split(self.batch_size, 1), strict=True):
+            state = forward(self.layers, batch, noise)
+            total += torch.addcmul(state.mse, self.beta[:, 0, 0], state.kl) * batch.shape[1]
+            self._adam_step(backward(self.layers, state, self.beta, self.conditions).flat(), lr)
         return total / n
 
     def _adam_step(self, grad: torch.Tensor, lr: torch.Tensor) -> None:
@@ -377,10 +398,9 @@ class _Stack:
         step_size = (lr / -(1 - beta1**self.steps)).float()
         self.weights.addcdiv_(self.moment1 * step_size, denominator)
 
-    @torch.no_grad()
     def validate(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """val loss, MSE and KL [K] with z at the posterior mean, as train.evaluate."""
-        state = forward(self.views, self.val_inputs.expand(len(self.members), -1, -1), None)
+        state = forward(self.layers, self.val_inputs.expand(len(self.members), -1, -1), None)
         return torch.addcmul(state.mse, self.beta[:, 0, 0], state.kl), state.mse, state.kl
 
     def epoch(self, epoch: int, on_epoch: BatchCallback | None) -> None:
@@ -441,24 +461,33 @@ def step_cost(configs: Sequence[RunConfig]) -> float:
     return STEP_OVERHEAD_US + len(configs) * configs[0].train.batch_size * per_sample_ns / 1000
 
 
+def _widest(configs: Sequence[RunConfig]) -> int:
+    """The widest activation of a stack: a hidden layer, or the head's mean and log-variance together."""
+    return max(max(*c.model.encoder_hidden, 2 * c.model.latent_dim, *c.model.decoder_hidden) for c in configs)
+
+
 def partition(configs: Sequence[RunConfig]) -> list[list[int]]:
     """Indices of configs grouped into stacks that are cheaper together than apart.
 
-    The costliest first, each config joins the stack it adds the least to, or starts
-    its own when that is cheaper: narrow networks share one stack, a wide one is not
-    padded onto all of them.
+    The costliest first, each config joins the stack it adds the least to, if that
+    is cheaper than a stack of its own and the stack stays within STACK_FLOATS:
+    narrow networks share a stack, a wide one is not padded onto them, and wide
+    ones train in small stacks or alone.
     """
     groups: list[list[int]] = []
     for index in sorted(range(len(configs)), key=lambda i: step_cost([configs[i]]), reverse=True):
-        added = [
-            step_cost([configs[i] for i in (*group, index)]) - step_cost([configs[i] for i in group])
-            for group in groups
-        ]
-        cheapest = min(range(len(groups)), key=added.__getitem__, default=None)
-        if cheapest is not None and added[cheapest] < step_cost([configs[index]]):
-            groups[cheapest].append(index)
-        else:
+        alone, best = step_cost([configs[index]]), None
+        for group in groups:
+            joined = [configs[i] for i in (*group, index)]
+            if len(joined) * configs[0].train.batch_size * _widest(joined) > STACK_FLOATS:
+                continue
+            added = step_cost(joined) - step_cost([configs[i] for i in group])
+            if added < alone:
+                alone, best = added, group
+        if best is None:
             groups.append([index])
+        else:
+            best.append(index)
     return groups
 
 

@@ -65,10 +65,10 @@ def test_hand_written_gradients_equal_autograd(small_config, moons, kind):
     scaled_noise = torch.zeros(2, 64, shapes["head.weight"][2])
     for row, config in enumerate(configs):
         scaled_noise[row, :, : config.model.latent_dim] = config.model.eps_w * noise[row]
-    views = batched.unflatten(weights, shapes)
-    state = batched.forward(views, inputs, scaled_noise)
+    layers = batched.Layers.of(weights, shapes)
+    state = batched.forward(layers, inputs, scaled_noise)
     beta = batched._per_member([config.model.beta for config in configs])
-    grads = batched.backward(views, shapes, state, beta, int(kind == "cvae"))
+    grads = batched.backward(layers, state, beta, int(kind == "cvae")).flat()
     for row, (config, network) in enumerate(zip(configs, networks, strict=True)):
         mean, logvar = network.encode(x, y)
         z = mean + config.model.eps_w * noise[row] * torch.exp(0.5 * logvar)
@@ -92,6 +92,7 @@ def test_a_member_does_not_depend_on_its_batch(small_config, moons):
     )
     faster = variant(small_config, {"latent_dim": 2}, batch_size=64, max_epochs=12, lr=1e-2, seed=3)
     diverging = variant(small_config, batch_size=64, lr=1e4, seed=4)
+    assert len(batched.partition([wider, member, faster, diverging])) == 1  # one stack: the padding shrinks
     alone = fit_batch([member], *splits(moons))[0]
     together = fit_batch([wider, member, faster, diverging], *splits(moons))
     assert len(together[0].result.history) == 4 and together[3].diverged
@@ -175,6 +176,14 @@ def test_same_seeds_same_numbers(small_config, moons):
     first, second = histories(fit_batch(configs, *splits(moons))), histories(fit_batch(configs, *splits(moons)))
     assert first == second
     assert first[0] != first[1]
+
+
+def test_narrow_members_share_a_stack_a_wide_one_is_not_padded_onto_them(small_config):
+    narrow = [
+        variant(small_config, {"encoder_hidden": (2,), "latent_dim": 2, "decoder_hidden": (w,)}) for w in (2, 4, 8)
+    ]
+    wide = variant(small_config, {"encoder_hidden": (128,), "latent_dim": 128, "decoder_hidden": (128,)})
+    assert sorted(sorted(group) for group in batched.partition([narrow[0], wide, *narrow[1:]])) == [[0, 2, 3], [1]]
 
 
 def test_members_must_share_data_and_batch_size(small_config, moons):
