@@ -11,9 +11,10 @@ for the same number of epochs (early stopping off) and prints ms/epoch of:
                       VAE, Adam, mlflow.log_metrics per epoch to a fresh sqlite store
   Lightning           Trainer with EarlyStopping, ModelCheckpoint and MLFlowLogger
                       (only if `lightning` is importable; it is not a dependency)
-and how many times faster than the plain loop and than Lightning each one is.
+and how many times faster than the plain loop and than Lightning each one is. Each
+figure is the fastest of --repeats runs, as the machine may be shared.
 
-Run: python bench/train_speed.py [--epochs 200] [--batch 16]
+Run: python bench/train_speed.py [--epochs 200] [--batch 8] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -48,6 +49,24 @@ def fit_ms(config: RunConfig, moons: data.MoonsData, on_epoch=None) -> float:
     start = time.perf_counter()
     result = fit(network, moons.train, moons.val, config.train, on_epoch=on_epoch)
     return (time.perf_counter() - start) * 1000 / len(result.history)
+
+
+def buffered_fit_ms(config: RunConfig, moons: data.MoonsData, client: MlflowClient) -> float:
+    buffer = tracking.MetricBuffer(client, client.create_run("0").info.run_id)
+    ms = fit_ms(config, moons, lambda m: buffer.add(m.as_dict(), m.epoch))
+    flush_start = time.perf_counter()
+    buffer.close()
+    return ms + (time.perf_counter() - flush_start) * 1000 / config.train.max_epochs
+
+
+def per_point_fit_ms(config: RunConfig, moons: data.MoonsData, client: MlflowClient) -> float:
+    run_id = client.create_run("0").info.run_id
+
+    def log(m: EpochMetrics) -> None:
+        for key, value in m.as_dict().items():
+            client.log_metric(run_id, key, value, step=m.epoch)
+
+    return fit_ms(config, moons, log)
 
 
 def fit_batch_ms(config: RunConfig, moons: data.MoonsData, batch: int, client: MlflowClient) -> float:
@@ -185,7 +204,8 @@ def lightning_ms(config: RunConfig, moons: data.MoonsData, epochs: int, store: s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=200)
-    parser.add_argument("--batch", type=int, default=16, help="configs fit_batch trains at once")
+    parser.add_argument("--batch", type=int, default=8, help="configs fit_batch trains at once")
+    parser.add_argument("--repeats", type=int, default=3, help="each figure is the fastest of this many runs")
     args = parser.parse_args()
     torch.set_num_threads(1)  # as `moonvae train` and `moonvae tune` train
     config = RunConfig()
@@ -197,30 +217,23 @@ def main() -> None:
         moons = data.load(config.data, Path(tmp))
         client = MlflowClient(f"sqlite:///{tmp}/moonvae.db")
         fit_ms(warm_up, moons)
-        figures["fit"] = fit_ms(config, moons)
-
-        buffer = tracking.MetricBuffer(client, client.create_run("0").info.run_id)
-        figures["fit + MetricBuffer"] = fit_ms(config, moons, lambda m: buffer.add(m.as_dict(), m.epoch))
-        flush_start = time.perf_counter()
-        buffer.close()
-        figures["fit + MetricBuffer"] += (time.perf_counter() - flush_start) * 1000 / args.epochs
-
-        point_run = client.create_run("0").info.run_id
-
-        def per_point_log(m: EpochMetrics) -> None:
-            for key, value in m.as_dict().items():
-                client.log_metric(point_run, key, value, step=m.epoch)
-
-        figures["fit + log_metric"] = fit_ms(config, moons, per_point_log)
         fit_batch_ms(warm_up, moons, args.batch, client)
-        figures[f"fit_batch, {args.batch} at once"] = fit_batch_ms(config, moons, args.batch, client)
-
         plain_loop_ms(config, moons, WARM_UP_EPOCHS, f"sqlite:///{tmp}/warm-up.db")
-        figures["plain loop"] = plain_loop_ms(config, moons, args.epochs, f"sqlite:///{tmp}/plain.db")
         if has_lightning:
             lightning_ms(warm_up, moons, WARM_UP_EPOCHS, f"sqlite:///{tmp}/warm-up.db", Path(tmp) / "warm-up")
-            figures["Lightning"] = lightning_ms(config, moons, args.epochs, f"sqlite:///{tmp}/lit.db", Path(tmp))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread, {args.epochs} epochs, study defaults")
+        for repeat in range(args.repeats):
+            measured = {
+                "fit": fit_ms(config, moons),
+                "fit + MetricBuffer": buffered_fit_ms(config, moons, client),
+                "fit + log_metric": per_point_fit_ms(config, moons, client),
+                f"fit_batch, {args.batch} at once": fit_batch_ms(config, moons, args.batch, client),
+                "plain loop": plain_loop_ms(config, moons, args.epochs, f"sqlite:///{tmp}/plain-{repeat}.db"),
+            }
+            if has_lightning:
+                folder = Path(tmp) / f"lightning-{repeat}"
+                measured["Lightning"] = lightning_ms(config, moons, args.epochs, f"sqlite:///{folder}.db", folder)
+            figures = {name: min(ms, figures.get(name, ms)) for name, ms in measured.items()}
+    print(f"torch {torch.__version__}, 1 thread, {args.epochs} epochs, study defaults, fastest of {args.repeats}")
     print(f"{'':36} {'ms/epoch':>9} {'x plain':>8} {'x Lightning':>12}")
     for name, ms in figures.items():
         versus_lightning = f"{figures['Lightning'] / ms:12.1f}" if has_lightning else ""
