@@ -61,7 +61,8 @@ def test_hand_written_gradients_equal_autograd(small_config, moons, kind):
     weights = torch.cat([batched.pad(batched.network_tensors(network), shapes) for network in networks])
     x, y = moons.train.x[:64], moons.train.y[:64]
     inputs = batched._inputs(data.Split(x, y), kind == "cvae").expand(2, -1, -1)
-    noise = [torch.randn(64, config.model.latent_dim) for config in configs]
+    generator = torch.Generator().manual_seed(0)
+    noise = [torch.randn(64, config.model.latent_dim, generator=generator) for config in configs]
     scaled_noise = torch.zeros(2, 64, shapes["head.weight"][2])
     for row, config in enumerate(configs):
         scaled_noise[row, :, : config.model.latent_dim] = config.model.eps_w * noise[row]
