@@ -7,7 +7,6 @@ history comes back in the result.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -78,30 +77,38 @@ def fit(
     Batches are slices of one seeded permutation of the preloaded tensors per
     epoch (no DataLoader). The weights with the best val MSE are restored
     before returning.
+
+    The models are small, so per-call overhead rather than arithmetic sets the
+    pace: Adam runs fused, the best weights are copied into tensors allocated
+    once, and the batch losses stay tensors until the epoch ends.
     """
     generator = torch.Generator().manual_seed(config.seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    parameters = list(model.parameters())
+    optimizer = torch.optim.Adam(parameters, lr=config.lr, fused=True)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=config.lr_factor, patience=config.lr_patience
     )
-    best_state = copy.deepcopy(model.state_dict())
+    weights = list(model.state_dict().values())
+    best_weights = [tensor.detach().clone() for tensor in weights]
     result = TrainResult(best_epoch=0, best_val_mse=math.inf, stopped_early=False)
     n = len(train)
+    batch_sizes = torch.tensor([len(batch) for batch in torch.arange(n).split(config.batch_size)], dtype=torch.float32)
     for epoch in range(config.max_epochs):
         model.train()
         lr = optimizer.param_groups[0]["lr"]
-        total = 0.0
-        for batch in torch.randperm(n, generator=generator).split(config.batch_size):
-            x, y = train.x[batch], train.y[batch]
+        order = torch.randperm(n, generator=generator)
+        batch_losses = []
+        for x, y in zip(train.x[order].split(config.batch_size), train.y[order].split(config.batch_size), strict=True):
             x_hat, latents = model(x, y, generator)
             loss = model.loss(x, x_hat, latents).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip, foreach=True)
             optimizer.step()
-            total += loss.item() * len(batch)
-        val_terms = evaluate(model, val)
-        metrics = EpochMetrics(epoch, total / n, val_terms.loss.item(), val_terms.mse.item(), val_terms.kl.item(), lr)
+            batch_losses.append(loss.detach())
+        train_loss = torch.stack(batch_losses).dot(batch_sizes).item() / n
+        val_loss, val_mse, val_kl = torch.stack(evaluate(model, val)).tolist()
+        metrics = EpochMetrics(epoch, train_loss, val_loss, val_mse, val_kl, lr)
         if not all(math.isfinite(value) for value in metrics.as_dict().values()):
             raise TrainingDiverged(
                 f"loss is not finite at epoch {epoch} (train_loss={metrics.train_loss}, "
@@ -111,13 +118,15 @@ def fit(
         scheduler.step(metrics.val_loss)
         if metrics.val_mse < result.best_val_mse:
             result.best_val_mse, result.best_epoch = metrics.val_mse, epoch
-            best_state = copy.deepcopy(model.state_dict())
+            for best, now in zip(best_weights, weights, strict=True):
+                best.copy_(now)
         if on_epoch is not None:
             on_epoch(metrics)
         if epoch + 1 >= config.min_epochs and epoch - result.best_epoch >= config.patience:
             result.stopped_early = True
             break
-    model.load_state_dict(best_state)
+    for now, best in zip(weights, best_weights, strict=True):
+        now.copy_(best)
     model.eval()
     return result
 

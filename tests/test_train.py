@@ -7,7 +7,13 @@ import torch
 from moonvae import data
 from moonvae.config import TrainConfig
 from moonvae.models import build_model
-from moonvae.train import TrainingDiverged, evaluate, fit
+from moonvae.train import TrainingDiverged, evaluate, fit, one_torch_thread
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture
@@ -48,8 +54,11 @@ def test_early_stopping_after_patience(small_config, moons):
 
 
 def test_no_early_stop_before_min_epochs(small_config, moons):
-    _, result = train(small_config, moons, lr=1e-9, max_epochs=50, patience=1, min_epochs=20)
-    assert len(result.history) >= 20
+    # lr 0 (fit takes it; TrainConfig.validate would not): no epoch beats epoch 0's val MSE,
+    # so patience 1 alone would stop after epoch 1; min_epochs holds it to exactly 20 epochs
+    _, result = train(small_config, moons, lr=0.0, max_epochs=50, patience=1, min_epochs=20)
+    assert len(result.history) == 20
+    assert result.stopped_early and result.best_epoch == 0
 
 
 def test_same_seed_same_numbers(small_config, moons):
