@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 # the run list without the trials: studies, tune, train and analyse runs, whatever page the trials push them to
-UI_FILTER := http://127.0.0.1:5000/\#/experiments/1?searchFilter=tags.%60moonvae.kind%60%20!%3D%20%27trial%27
+UI_FILTER := http://127.0.0.1:5000/\#/experiments/1/runs?searchFilter=tags.%60moonvae.kind%60%20!%3D%20%27trial%27
 
 .PHONY: install tune findings train analyse test test-slow format bench clean
 

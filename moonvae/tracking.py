@@ -34,6 +34,7 @@ from moonvae.registry import CHAMPION
 MAX_BATCH = 1000  # log_batch accepts at most 1000 metrics per call
 STATUS_REASON_TAG = "moonvae.status_reason"
 FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"  # how a run ends, as MLflow names it
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT = "moonvae"  # where runs go unless MLFLOW_EXPERIMENT_NAME / _ID or `mlflow run --experiment-name` say
 
 Client = MlflowClient  # the type other modules annotate with, so that only this module imports MLflow
@@ -68,8 +69,8 @@ def experiment_id(mlflow_client: MlflowClient) -> str:
     found = mlflow_client.get_experiment_by_name(name)
     if found:
         return found.experiment_id
-    try:
-        return mlflow_client.create_experiment(name)
+    try:  # tagged as model training, so the UI opens on its runs rather than on GenAI traces
+        return mlflow_client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: "custom_model_development"})
     except mlflow.exceptions.MlflowException:  # another worker created it a moment ago
         return mlflow_client.get_experiment_by_name(name).experiment_id
 
