@@ -160,34 +160,12 @@ def study_figures(
         if {"decoder_hidden", "latent_dim"} <= set(trials.columns)
     }
     if widths:
-        figures.append(
-            report.Figure(
-                "Best validation MSE by decoder width and latent size",
-                plots.heatmaps(
-                    {name: _pivot(trials, "decoder_hidden", "latent_dim") for name, trials in widths.items()},
-                    "Median best validation MSE",
-                    "decoder_hidden",
-                    "latent_dim",
-                    "MSE",
-                ),
-                "Finding 2: do both have to grow together?",
-            )
-        )
+        title = "Best validation MSE by decoder width and latent size"
+        figures.append(_mse_heatmaps(title, widths, "decoder_hidden", "latent_dim", "Finding 2: grow together?"))
     data = _trials_of_space(tables, names, ("data", "data-seeds"))
     if data:
-        figures.append(
-            report.Figure(
-                "Best validation MSE across noise and size (data studies)",
-                plots.heatmaps(
-                    {name: _pivot(trials, "noise", "n_samples") for name, trials in data.items()},
-                    "Median best validation MSE (data studies)",
-                    "noise",
-                    "n_samples",
-                    "MSE",
-                ),
-                "Findings 6-7.",
-            )
-        )
+        title = "Best validation MSE across noise and size (data studies)"
+        figures.append(_mse_heatmaps(title, data, "noise", "n_samples", "Findings 6-7."))
     probabilistic = _trials_of_space(tables, names, ("probabilistic", "probabilistic-seeds"))
     for metric, label in (("value", "best val MSE"), ("mutual_info", "I(x; z), nats"), ("test_kl", "test KL")):
         named = {
@@ -216,6 +194,12 @@ def _trials_of_space(
         for model in MODELS
         if (table := tables.get((model, space))) is not None and not table.trials.empty
     }
+
+
+def _mse_heatmaps(title: str, trials: Mapping[str, pd.DataFrame], x: str, y: str, caption: str) -> report.Figure:
+    """One heatmap per study of the median best validation MSE over two of its parameters."""
+    pivots = {name: _pivot(table, x, y) for name, table in trials.items()}
+    return report.Figure(title, plots.heatmaps(pivots, "Median best validation MSE", x, y, "MSE"), caption)
 
 
 def _pivot(trials: pd.DataFrame, columns: str, rows: str) -> tuple[list, list, np.ndarray]:

@@ -48,6 +48,23 @@ def small_config() -> RunConfig:
     )
 
 
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Train on one torch thread, as train and tune do."""
+    from moonvae.train import one_torch_thread
+
+    with one_torch_thread():
+        yield
+
+
+@pytest.fixture
+def moons(tmp_path: Path, small_config: RunConfig):
+    """The small config's data split, cached in the test's folder."""
+    from moonvae import data
+
+    return data.load(small_config.data, tmp_path)
+
+
 def subprocess_env(workdir: Path) -> dict[str, str]:
     """The environment for a child `moonvae` or `mlflow` process: this venv first on PATH."""
     env = dict(os.environ)

@@ -7,18 +7,9 @@ import torch
 from moonvae import data
 from moonvae.config import TrainConfig
 from moonvae.models import build_model
-from moonvae.train import TrainingDiverged, evaluate, fit, one_torch_thread
+from moonvae.train import TrainingDiverged, evaluate, fit
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    with one_torch_thread():
-        yield
-
-
-@pytest.fixture
-def moons(tmp_path, small_config):
-    return data.load(small_config.data, tmp_path)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def train(small_config, moons, **overrides):
