@@ -103,6 +103,8 @@ def plan(
     _require(model in (*MODELS, "both"), f"model must be one of {', '.join((*MODELS, 'both'))}, got {model!r}")
     _require(space in SPACES, f"space must be one of {', '.join(SPACES)}, got {space!r}")
     search_space = SPACES[space]
+    # where the space searches the training seed, a given seed seeds only the sampler (as `mlflow run` always gives one)
+    sampler_seed = fixed.pop("seed") if "seed" in search_space.distributions and "seed" in fixed else None
     _require(n_trials is None or n_trials >= 1, f"n_trials must be an integer >= 1, got {n_trials!r}")
     _require(n_jobs >= 1, f"n_jobs must be an integer >= 1, got {n_jobs!r}")
     _require(timeout is None or timeout > 0, f"timeout must be a number of seconds > 0, got {timeout!r}")
@@ -145,7 +147,7 @@ def plan(
         n_jobs=n_jobs,
         timeout=timeout,
         pruner=search_space.pruner if pruner == "auto" else pruner,
-        seed=base.train.seed,
+        seed=base.train.seed if sampler_seed is None else sampler_seed,
         max_epochs=base.train.max_epochs,
         targets=targets,
     )

@@ -105,6 +105,12 @@ def test_bad_input_is_refused_before_anything_is_created(workdir, options, messa
     assert not (workdir / "optuna.db").exists() and not (workdir / "mlflow.db").exists()
 
 
+def test_a_seed_given_to_a_space_that_searches_seeds_seeds_its_sampler(workdir):
+    plan = search.plan("vae", "capacity", 3, fixed={"seed": 7, "max_epochs": 2})
+    assert plan.seed == 7 and "seed" not in plan.targets[0].fixed
+    assert plan.targets[0].fixed["max_epochs"] == 2  # the space's default of 300 gives way to the user's
+
+
 def test_trials_nest_under_one_study_run_with_two_workers(client):
     (result,) = tune(n_trials=4, n_jobs=2)
     study = load_study()
