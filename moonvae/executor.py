@@ -396,9 +396,10 @@ def _probe(address: str) -> None:
         return  # Ray finds the local cluster or says at once that there is none
     scheme = "ray://" if address.startswith("ray://") else ""
     host, _, port = address.removeprefix(scheme).partition(":")
+    if not host or not (port or "0").isdigit():
+        raise ConfigError(f"ray_address must be auto, HOST:PORT or ray://HOST:PORT, got {address!r}")
     try:
         with socket.create_connection((host, int(port or DEFAULT_PORTS[scheme])), timeout=CONNECT_SECONDS):
             pass
-    except (OSError, ValueError) as error:
-        reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
-        raise ConfigError(f"cannot reach the Ray cluster at {address}: {reason}") from None
+    except OSError as error:
+        raise ConfigError(f"cannot reach the Ray cluster at {address}: {error.strerror or error}") from None
