@@ -131,6 +131,7 @@ class Local:
         return "in this process" if workers == 1 else f"{workers} processes on this machine"
 
     def run(self, work: Work, order: Any, workers: int, threads: int, env: dict[str, str], watcher: Watcher) -> None:
+        """Run `workers` copies of `work` (each with `threads` threads of its own) until all have returned."""
         _raise_if_stopping()
         if workers == 1:
             with environment(env), _polling(watcher):
@@ -193,9 +194,10 @@ def _run_processes(work: Work, order: Any, workers: int, env: dict[str, str], wa
                 if kind == FAILED and error is not None:
                     raise error
                 if kind == FAILED:  # killed: a signal, the out-of-memory killer
+                    died = f"worker {ended.number} died (exit code {ended.process.exitcode})"
                     if ended.restarts >= MAX_RETRIES:
-                        raise WorkerLost(f"worker {ended.number} died {ended.restarts + 1} times; the last: {error}")
-                    watcher.say(f"worker {ended.number} died (exit code {ended.process.exitcode}); restarting it")
+                        raise WorkerLost(f"{died}, {ended.restarts + 1} times: giving up")
+                    watcher.say(f"{died}; restarting it")
                     running.append(start(ended.number, ended.restarts + 1))
                 elif kind == STOPPED:
                     watcher.say(f"worker {ended.number} was stopped by a signal")
@@ -331,6 +333,8 @@ def _cancel(pending: list[Any]) -> None:
     """Cancel running tasks (a KeyboardInterrupt in each), wait for them to end their trials, then force the rest."""
     import ray
 
+    if not pending:
+        return
     for ref in pending:
         ray.cancel(ref)
     try:
