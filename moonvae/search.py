@@ -7,8 +7,7 @@ storage) ask for a trial only after counting, under a lock, the trials the study
 already holds, finished or running: so they stop together at `n_trials`, and a
 second call on a study runs only the missing trials. Failed trials do not count, so
 a crash never shortens a study; heartbeats let a killed worker's trial be noticed,
-failed, and replaced. The call that opens the study run watches the study: one
-progress bar, one line per trial, and the convergence series on the study run.
+failed, and replaced. The call that starts the workers watches the study (progress.py).
 """
 
 from __future__ import annotations
@@ -31,14 +30,14 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.storages import RDBStorage
 from optuna.storages._heartbeat import get_heartbeat_thread  # what Study.optimize uses; ask/tell has no public one
 from optuna.trial import FrozenTrial, TrialState
-from tqdm import tqdm
 
 from moonvae import data as moons
 from moonvae import executor, spaces, studies, summary, tracking
 from moonvae.config import MODELS, N_TRIALS, ConfigError, RunConfig
 from moonvae.experiment import run_training
+from moonvae.progress import Progress
 from moonvae.spaces import SPACES, Space
-from moonvae.studies import MODEL_ID_ATTR, RUN_ID_ATTR, Target
+from moonvae.studies import MODEL_ID_ATTR, RUN_ID_ATTR, WORKER_ATTR, Target
 from moonvae.tracking import Client
 from moonvae.train import EpochMetrics, one_torch_thread
 
@@ -50,7 +49,6 @@ STUDY_RUN_WAIT_SECONDS = 60  # how long a worker waits for the creator of a new 
 STORAGE_ENV = "MOONVAE_STORAGE"  # how a worker learns the storage URL: it may hold a password, so not as an argument
 DATA_PARAMS = {"n_samples", "noise", "data_seed"}  # a space that varies these gives each trial its own data
 STATE_TAG = "optuna.state"
-WORKER_ATTR = "moonvae.worker"  # a trial's worker: {call, host, pid}; a call's console lists its own trials
 TRIAL_ATTRS = ("test_mse", "test_kl", "train_mse", "active_units", "mutual_info")  # kept with each trial
 
 
@@ -305,7 +303,7 @@ def _run_study(
         )
         env = {STORAGE_ENV: plan.storage_url, "MLFLOW_TRACKING_URI": tracking.tracking_uri()}
         env["MLFLOW_EXPERIMENT_ID"] = tracking.experiment_id(mlflow_client)  # trials go where their study run is
-        with _Progress(study, mlflow_client, study_run_id, plan.n_trials, order.call) as progress:
+        with Progress(study, mlflow_client, study_run_id, plan.n_trials, order.call) as progress:
             plan.runner.run(work, order, plan.workers, plan.n_jobs, env, progress)
         result = summary.summarise(study, mlflow_client, study_run_id, target, time.monotonic() - started)
     return result
@@ -503,52 +501,3 @@ def _report_progress(site: _Worksite, number: int, state: TrialState, value: flo
         if value is not None:
             tracking.log_metrics(site.mlflow_client, site.run_id, {"trial_val_mse": value}, step=number)
         site.gate.notify_all()
-
-
-class _Progress:
-    """What the call that opened the study run sees while any workers run it: one progress bar, one
-    line per finished trial, and the convergence series on the study run, logged by this one writer."""
-
-    def __init__(self, study: optuna.Study, mlflow_client: Client, run_id: str, n_trials: int, call: str) -> None:
-        self.study, self.mlflow_client, self.run_id = study, mlflow_client, run_id
-        self.n_trials, self.call = n_trials, call
-        self.seen: set[int] = set()  # trials whose line is written
-        done = min(_count(study)["done"], n_trials)
-        self.bar = tqdm(total=n_trials, initial=done, desc=study.study_name, unit="trial", leave=True)
-
-    def __enter__(self) -> _Progress:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.bar.close()
-
-    def say(self, line: str) -> None:
-        self.bar.write(line)
-
-    def poll(self) -> None:
-        trials = self.study.get_trials(deepcopy=False)
-        ended = [trial for trial in trials if trial.state.is_finished() and trial.number not in self.seen]
-        for trial in sorted(ended, key=lambda trial: trial.datetime_complete or trial.datetime_start):
-            self.seen.add(trial.number)
-            if trial.user_attrs.get(WORKER_ATTR, {}).get("call") == self.call:
-                self.bar.write(_trial_line(self.study.study_name, trial))
-        if not ended:
-            return  # nothing new: a bar redrawn every second fills a log file
-        counts = _count(self.study)
-        self.bar.n = min(counts["done"], self.n_trials)
-        values = [trial.value for trial in trials if trial.state == TrialState.COMPLETE and trial.value is not None]
-        best = {"best": f"{min(values):.5f}"} if values else {}
-        self.bar.set_postfix(best | {"failed": counts["failed"]}, refresh=False)
-        self.bar.refresh()
-        logged = tracking.metric_steps(self.mlflow_client, self.run_id, studies.OBJECTIVE)  # other calls log too
-        for step, value in summary.convergence(self.study, logged).items():
-            tracking.log_metrics(self.mlflow_client, self.run_id, {studies.OBJECTIVE: value}, step=step)
-
-
-def _trial_line(study_name: str, trial: FrozenTrial) -> str:
-    if trial.state == TrialState.COMPLETE and trial.value is not None:
-        outcome = f"val_mse {trial.value:.5f}"
-    else:
-        outcome = trial.user_attrs.get("reason", f"its worker stopped (no heartbeat for {studies.GRACE_SECONDS} s)")
-    seconds = (trial.datetime_complete - trial.datetime_start).total_seconds() if trial.datetime_start else 0.0
-    return f"{study_name} trial-{trial.number:03d} {trial.state.name.lower()}: {outcome} ({seconds:.1f} s)"

@@ -33,6 +33,7 @@ OPEN_ATTEMPTS = 4  # tries to open a storage whose tables another worker is crea
 OBJECTIVE = "best_val_mse"  # what every study minimises, named so optuna-dashboard shows it
 RUN_ID_ATTR = "mlflow_run_id"  # trial and study user attrs linking Optuna to MLflow
 MODEL_ID_ATTR = "mlflow_model_id"
+WORKER_ATTR = "moonvae.worker"  # the worker that ran a trial: {call, host, pid}
 MODEL_ATTR, SPACE_ATTR, CONFIG_ATTR = "moonvae.model", "moonvae.space", "moonvae.config"
 CREATED_ATTR = "moonvae.created"  # when the study was created (seconds since the epoch)
 NEW_SECONDS = 120  # a study younger than this, without trials, may still be getting its MLflow run

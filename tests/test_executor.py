@@ -123,7 +123,7 @@ def training(storage: str, study_name: str) -> list[optuna.trial.FrozenTrial]:
         study = optuna.load_study(study_name=study_name, storage=storage)
     except Exception:  # no study yet, or its tables half made
         return []
-    return [t for t in study.trials if t.state == TrialState.RUNNING and search.WORKER_ATTR in t.user_attrs]
+    return [t for t in study.trials if t.state == TrialState.RUNNING and studies.WORKER_ATTR in t.user_attrs]
 
 
 def wait_for_training(storage: str, trials: int, tune: subprocess.Popen, log: Path) -> None:

@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 from services import processes_named
 
-from moonvae.search import WORKER_ATTR
+from moonvae.studies import WORKER_ATTR
 
 pytestmark = pytest.mark.slow
 
