@@ -128,7 +128,7 @@ class Local:
     """Workers on this machine: one in this process, more in processes of their own (one core each)."""
 
     def describe(self, workers: int) -> str:
-        return "in this process" if workers == 1 else f"{workers} processes on this machine"
+        return f"{workers} processes on this machine"
 
     def run(self, work: Work, order: Any, workers: int, threads: int, env: dict[str, str], watcher: Watcher) -> None:
         """Run `workers` copies of `work` (each with `threads` threads of its own) until all have returned."""
