@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slow
 TUNE_SECONDS = 900
 TASK = "ray::study_worker"  # a Ray worker running our task; ray::IDLE and the agents are not tasks
 TRIALS = ["--model", "vae", "--max-epochs", "15", "--n-samples", "400", "--workers", "2"]
-SHORT_HEARTBEAT = {"MOONVAE_HEARTBEAT_SECONDS": "1", "MOONVAE_GRACE_SECONDS": "5"}  # a dead worker's trial: 5 s
+SHORT_HEARTBEAT = {"MOONVAE_HEARTBEAT_SECONDS": "1", "MOONVAE_GRACE_SECONDS": "10"}  # a dead worker's trial: 10 s
 
 
 def start_tune(folder: Path, tracking_uri: str, *args: str) -> tuple[subprocess.Popen, Path]:
