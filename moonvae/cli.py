@@ -10,8 +10,10 @@ command that needs them, so `--help` and a typo answer at once.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +35,12 @@ class OneLineErrors:
             return super().main(*args, standalone_mode=False, **kwargs)  # type: ignore[misc]
         except click.exceptions.Exit as done:
             sys.exit(done.exit_code)
-        except click.Abort:
-            click.echo("moonvae: aborted", err=True)
-            sys.exit(130)
+        except click.Abort:  # Ctrl-C, or SIGTERM in `tune` (moonvae.executor): exit code 128 + the signal
+            from moonvae import executor
+
+            stopped_by = executor.stopped_by() or signal.SIGINT
+            click.echo(f"moonvae: {'terminated' if stopped_by == signal.SIGTERM else 'aborted'}", err=True)
+            sys.exit(128 + stopped_by)
         except click.ClickException as error:
             fail(error.format_message(), code=error.exit_code)
 
@@ -177,7 +182,17 @@ def train(register: str, **values: Any) -> None:
     "--study-name", "--study_name", "study_name", default="auto", show_default=True, help="auto: moonvae-MODEL-SPACE"
 )
 @click.option("--storage", default="auto", show_default=True, help="Optuna RDB URL; auto: optuna.db beside mlflow.db")
-@click.option("--n-jobs", "--n_jobs", "n_jobs", type=int, default=1, show_default=True, help="parallel trials")
+@click.option(
+    "--workers", type=int, default=1, show_default=True, help="worker processes (Ray tasks with --ray-address)"
+)
+@click.option("--n-jobs", "--n_jobs", "n_jobs", type=int, default=1, show_default=True, help="threads in each worker")
+@click.option(
+    "--ray-address",
+    "--ray_address",
+    "ray_address",
+    default="",
+    help="run the workers on this Ray cluster: auto, HOST:PORT or ray://HOST:10001 [default: this machine]",
+)
 @click.option("--timeout", type=float, default=0, show_default=True, help="seconds, then no new trial starts; 0: none")
 @click.option(
     "--pruner",
@@ -192,40 +207,58 @@ def tune(
     n_trials: int,
     study_name: str,
     storage: str,
+    workers: int,
     n_jobs: int,
+    ray_address: str,
     timeout: float,
     pruner: str,
     **fixed: Any,
 ) -> None:
-    """Tune with Optuna: a study per model, each trial a nested MLflow run, the best model registered."""
+    """Tune with Optuna: a study per model, each trial a nested MLflow run, the best model registered.
+
+    SIGTERM stops it as Ctrl-C does: every worker ends its trial's run KILLED, the trial FAIL.
+    """
     if timeout < 0:
         fail(f"timeout must be a number of seconds >= 0, got {timeout!r}")
-    from moonvae import search, studies, tracking
+    if workers < 1:
+        fail(f"workers must be an integer >= 1, got {workers!r}")
+    from moonvae import executor, search, studies, tracking
 
     if os.environ.get("MLFLOW_RUN_ID") and studies.has_password(storage):
         fail(
             "the storage URL holds a password, and mlflow run stores -P values as run params in clear: "
             "leave it out and set PGPASSWORD or ~/.pgpass"
         )
-    try:
-        plan = search.plan(
-            model,
-            space,
-            n_trials,
-            study_base=None if study_name == "auto" else study_name,
-            storage=None if storage == "auto" else storage,
-            n_jobs=n_jobs,
-            timeout=timeout or None,
-            pruner=pruner,
-            fixed={key: value for key, value in fixed.items() if value is not None},
-        )
-    except ConfigError as error:
-        fail(str(error))
-    click.echo(f"tracking {tracking.tracking_uri()}, studies in {studies.redact(plan.storage_url)}")
-    try:
-        results = search.run(plan, tracking.client(), entry_run_id=os.environ.get("MLFLOW_RUN_ID"))
-    except search.TooManyFailures as error:
-        fail(str(error), code=1)
+    with ExitStack() as call:
+        try:
+            runner = call.enter_context(executor.connect(ray_address.strip()))
+            plan = search.plan(
+                model,
+                space,
+                n_trials,
+                study_base=None if study_name == "auto" else study_name,
+                storage=None if storage == "auto" else storage,
+                n_jobs=n_jobs,
+                timeout=timeout or None,
+                pruner=pruner,
+                fixed={key: value for key, value in fixed.items() if value is not None},
+                workers=workers,
+                runner=runner,
+            )
+        except ConfigError as error:
+            fail(str(error))
+        call.enter_context(executor.stop_on_signals())  # after connecting: Ray sets its own SIGTERM handler
+        click.echo(f"tracking {tracking.tracking_uri()}, studies in {studies.redact(plan.storage_url)}")
+        if workers > 1 or ray_address.strip():
+            click.echo(f"workers: {runner.describe(workers)}")
+        try:
+            results = search.run(plan, tracking.client(), entry_run_id=os.environ.get("MLFLOW_RUN_ID"))
+        except (search.TooManyFailures, executor.WorkerLost) as error:
+            fail(str(error), code=1)
+        except ConfigError as error:  # a worker that does not see the study's services
+            fail(str(error))
+        if executor.stopped_by():  # a signal came while the last study was being summarised
+            raise KeyboardInterrupt
     for result in results:
         held = ", ".join(f"{count} {state.lower()}" for state, count in sorted(result.counts.items()))
         best = (

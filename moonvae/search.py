@@ -1,18 +1,22 @@
 """Tuning: Optuna studies over the training config, one nested MLflow run per trial, the best one registered.
 
 A study lives in Optuna's RDB storage and is mirrored by one MLflow run (the study
-run) whose direct children are its trials. Workers (threads here, or other
-processes on the same storage) ask for a trial only after counting, under a lock,
-the trials the study already holds, finished or running: so they stop together at
-`n_trials`, and a second call on a study runs only the missing trials. Failed
-trials do not count, so a crash never shortens a study; heartbeats let a killed
-worker's trial be noticed, failed, and replaced.
+run) whose direct children are its trials. Workers (threads in a worker, worker
+processes or Ray tasks started by the executor, or other `tune` calls on the same
+storage) ask for a trial only after counting, under a lock, the trials the study
+already holds, finished or running: so they stop together at `n_trials`, and a
+second call on a study runs only the missing trials. Failed trials do not count, so
+a crash never shortens a study; heartbeats let a killed worker's trial be noticed,
+failed, and replaced. The call that starts the workers watches the study (progress.py).
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 import time
+import uuid
 import warnings
 from collections import Counter
 from collections.abc import Callable
@@ -26,22 +30,23 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.storages import RDBStorage
 from optuna.storages._heartbeat import get_heartbeat_thread  # what Study.optimize uses; ask/tell has no public one
 from optuna.trial import FrozenTrial, TrialState
-from tqdm import tqdm
 
 from moonvae import data as moons
-from moonvae import spaces, studies, summary, tracking
+from moonvae import executor, spaces, studies, summary, tracking
 from moonvae.config import MODELS, N_TRIALS, ConfigError, RunConfig
 from moonvae.experiment import run_training
+from moonvae.progress import Progress
 from moonvae.spaces import SPACES, Space
-from moonvae.studies import MODEL_ID_ATTR, RUN_ID_ATTR, Target
+from moonvae.studies import MODEL_ID_ATTR, RUN_ID_ATTR, WORKER_ATTR, Target
 from moonvae.tracking import Client
 from moonvae.train import EpochMetrics, one_torch_thread
 
 REPORT_EVERY = 10  # epochs between reports to the pruner: each report is a storage write (~4 ms on sqlite)
-WAIT_SECONDS = 5.0  # poll interval while other processes finish the study's last trials
+WAIT_SECONDS = 1.0  # poll interval while other processes finish the study's last trials (two queries a poll)
 GRID_ATTEMPTS = 2  # a grid point that fails is tried once more, then left out
 MAX_FAILURES_IN_ROW = 5  # then something is broken beyond one trial: stop the call
 STUDY_RUN_WAIT_SECONDS = 60  # how long a worker waits for the creator of a new study to open its run
+STORAGE_ENV = "MOONVAE_STORAGE"  # how a worker learns the storage URL: it may hold a password, so not as an argument
 DATA_PARAMS = {"n_samples", "noise", "data_seed"}  # a space that varies these gives each trial its own data
 STATE_TAG = "optuna.state"
 TRIAL_ATTRS = ("test_mse", "test_kl", "train_mse", "active_units", "mutual_info")  # kept with each trial
@@ -55,14 +60,33 @@ class Plan:
     n_trials: int  # what each study should hold at the end (the grid caps it at its size)
     storage_url: str
     storage: RDBStorage
-    n_jobs: int
+    n_jobs: int  # threads in each worker
     timeout: float | None
     pruner: str
     seed: int
     max_epochs: int
     targets: list[Target]
+    workers: int = 1  # worker processes (or Ray tasks); one runs in this process
+    runner: executor.Executor = field(default_factory=executor.Local)  # where the workers run
     studies: dict[str, optuna.Study] = field(default_factory=dict)
     created: set[str] = field(default_factory=set)  # studies this call created: it opens their MLflow runs
+
+
+@dataclass(frozen=True)
+class Order:
+    """What a worker needs to join a study, in any process: plain values (the storage URL comes by environment)."""
+
+    space: str
+    n_trials: int
+    n_jobs: int
+    pruner: str
+    seed: int
+    max_epochs: int
+    target: Target
+    study_run_id: str
+    n_existing: int  # trials the study held when the call began: TPE's seeds start past them
+    deadline: float | None  # time.time() after which no trial starts
+    call: str  # the call that started the worker
 
 
 def _require(condition: bool, message: str) -> None:
@@ -92,6 +116,8 @@ def plan(
     timeout: float | None = None,
     pruner: str = "auto",
     fixed: dict[str, Any] | None = None,
+    workers: int = 1,
+    runner: executor.Executor | None = None,
 ) -> Plan:
     """Validate every input, open the storage and check or create the studies.
 
@@ -107,6 +133,7 @@ def plan(
     sampler_seed = fixed.pop("seed") if "seed" in search_space.distributions and "seed" in fixed else None
     _require(n_trials is None or n_trials >= 1, f"n_trials must be an integer >= 1, got {n_trials!r}")
     _require(n_jobs >= 1, f"n_jobs must be an integer >= 1, got {n_jobs!r}")
+    _require(workers >= 1, f"workers must be an integer >= 1, got {workers!r}")
     _require(timeout is None or timeout > 0, f"timeout must be a number of seconds > 0, got {timeout!r}")
     _require(pruner in spaces.PRUNERS, f"pruner must be one of {', '.join(spaces.PRUNERS)}, got {pruner!r}")
     _require(
@@ -150,6 +177,8 @@ def plan(
         seed=base.train.seed if sampler_seed is None else sampler_seed,
         max_epochs=base.train.max_epochs,
         targets=targets,
+        workers=workers,
+        runner=runner or executor.Local(),
     )
     for target in targets:
         if found[target.name] is not None:
@@ -174,13 +203,16 @@ class _Worksite:
     study: optuna.Study
     mlflow_client: Client
     run_id: str
-    deadline: float | None
-    bar: tqdm
+    deadline: float | None  # time.monotonic() after which no trial starts
+    worker: dict[str, Any]  # who runs the trials: WORKER_ATTR
+    signalled: threading.Event  # the process was asked to stop
     gate: threading.Condition = field(default_factory=threading.Condition)
-    stop: threading.Event = field(default_factory=threading.Event)
+    stop: threading.Event = field(default_factory=threading.Event)  # a worker thread was stopped or failed
     failures_in_row: int = 0
     last_failure: str = ""
-    logged_steps: set[int] = field(default_factory=set)  # trial numbers whose best-so-far the study run holds
+
+    def stopping(self) -> bool:
+        return self.stop.is_set() or self.signalled.is_set()
 
 
 def quiet() -> None:
@@ -243,8 +275,7 @@ def _run_study(
     study = plan.studies[target.name]
     started = time.monotonic()
     n_existing = len(study.get_trials(deepcopy=False))
-    study.sampler = spaces.make_sampler(plan.space, plan.seed, n_existing)
-    study.pruner = spaces.make_pruner(plan.pruner, plan.max_epochs)
+    study.sampler = spaces.make_sampler(plan.space, plan.seed, n_existing)  # its name is a param; workers make theirs
     tags = {"moonvae.kind": "study", "optuna.study": target.name, "moonvae.model": target.model}
     tags |= {"moonvae.space": plan.space.name, "moonvae.n_trials": str(plan.n_trials)}
     parent = None if run_id else parent_run_id  # a resumed study run stays where it was made
@@ -259,24 +290,72 @@ def _run_study(
         params |= {"study": target.name, "space": plan.space.name, "sampler": type(study.sampler).__name__}
         params |= {"pruner": plan.pruner, "n_trials": plan.n_trials, "optuna_storage": studies.redact(plan.storage_url)}
         tracking.log_params(mlflow_client, study_run_id, params)
-        done = _count(study)["done"]
-        bar = tqdm(total=plan.n_trials, initial=min(done, plan.n_trials), desc=target.name, unit="trial", leave=True)
-        site = _Worksite(
-            plan,
-            target,
-            study,
-            mlflow_client,
-            study_run_id,
-            deadline=started + plan.timeout if plan.timeout else None,
-            bar=bar,
-            logged_steps=tracking.metric_steps(mlflow_client, study_run_id, studies.OBJECTIVE),
+        order = Order(
+            space=plan.space.name,
+            n_trials=plan.n_trials,
+            n_jobs=plan.n_jobs,
+            pruner=plan.pruner,
+            seed=plan.seed,
+            max_epochs=plan.max_epochs,
+            target=target,
+            study_run_id=study_run_id,
+            n_existing=n_existing,
+            deadline=time.time() + plan.timeout if plan.timeout else None,
+            call=uuid.uuid4().hex[:12],
         )
-        with bar:
-            _work_in_parallel(site)
-        if site.failures_in_row >= MAX_FAILURES_IN_ROW:
-            raise TooManyFailures(f"{site.failures_in_row} trials in a row failed, the last with {site.last_failure}")
+        env = {STORAGE_ENV: plan.storage_url, "MLFLOW_TRACKING_URI": tracking.tracking_uri()}
+        env["MLFLOW_EXPERIMENT_ID"] = tracking.experiment_id(mlflow_client)  # trials go where their study run is
+        with Progress(study, mlflow_client, study_run_id, plan.n_trials, order.call) as progress:
+            plan.runner.run(work, order, plan.workers, plan.n_jobs, env, progress)
         result = summary.summarise(study, mlflow_client, study_run_id, target, time.monotonic() - started)
     return result
+
+
+def work(order: Order, worker: int, signalled: threading.Event) -> None:
+    """One worker's loop on a study, in whichever process runs it: trials until the study holds `n_trials`.
+
+    When `signalled` is set (Ctrl-C, SIGTERM), the trial stops at its next epoch and no other
+    starts. Raises TooManyFailures when trials keep failing, and ConfigError when this process
+    does not see the study or its run (workers on other machines need shared services).
+    """
+    quiet()
+    storage_url = os.environ[STORAGE_ENV]
+    storage = studies.open_storage(storage_url, on_stale_trial=_end_stale_trial_run)
+    study = studies.load(storage, order.target.name)
+    _require(
+        study is not None,
+        f"{studies.redact(storage_url)} holds no study {order.target.name!r}: "
+        "workers on other machines need a shared storage (PostgreSQL, say)",
+    )
+    mlflow_client = tracking.client()
+    _require(
+        tracking.run_exists(mlflow_client, order.study_run_id),
+        f"the tracking store {tracking.tracking_uri()} holds no run {order.study_run_id}: "
+        "workers on other machines need a shared tracking server",
+    )
+    space = SPACES[order.space]
+    study.sampler = spaces.make_sampler(space, order.seed, order.n_existing, worker)
+    study.pruner = spaces.make_pruner(order.pruner, order.max_epochs)
+    plan = Plan(
+        space=space,
+        n_trials=order.n_trials,
+        storage_url=storage_url,
+        storage=storage,
+        n_jobs=order.n_jobs,
+        timeout=None,
+        pruner=order.pruner,
+        seed=order.seed,
+        max_epochs=order.max_epochs,
+        targets=[order.target],
+        studies={order.target.name: study},
+    )
+    deadline = None if order.deadline is None else time.monotonic() + order.deadline - time.time()
+    who = {"call": order.call, "host": socket.gethostname(), "pid": os.getpid()}
+    site = _Worksite(plan, order.target, study, mlflow_client, order.study_run_id, deadline, who, signalled)
+    with one_torch_thread():
+        _work_in_parallel(site)
+    if site.failures_in_row >= MAX_FAILURES_IN_ROW:
+        raise TooManyFailures(f"{site.failures_in_row} trials in a row failed, the last with {site.last_failure}")
 
 
 def _work_in_parallel(site: _Worksite) -> None:
@@ -320,7 +399,7 @@ def _next_trial(site: _Worksite) -> optuna.Trial | None:
     """
     with site.gate:
         while True:
-            if site.stop.is_set() or site.failures_in_row >= MAX_FAILURES_IN_ROW:
+            if site.stopping() or site.failures_in_row >= MAX_FAILURES_IN_ROW:
                 return None
             if site.deadline is not None and time.monotonic() >= site.deadline:
                 return None
@@ -355,7 +434,6 @@ def _grid_point_available(site: _Worksite) -> bool:
 
 def _run_trial(site: _Worksite, trial: optuna.Trial) -> None:
     """Train one trial in its own MLflow run, nested under the study run, and tell Optuna how it ended."""
-    started = time.monotonic()
     state, value, reason, run_id = TrialState.FAIL, None, "", None
     tags = {"moonvae.kind": "trial", "optuna.study": site.target.name, "optuna.trial": str(trial.number)}
     tags |= {"moonvae.model": site.target.model}
@@ -372,6 +450,7 @@ def _run_trial(site: _Worksite, trial: optuna.Trial) -> None:
             ) as run_id,
         ):
             trial.set_user_attr(RUN_ID_ATTR, run_id)
+            trial.set_user_attr(WORKER_ATTR, site.worker)
             values = site.plan.space.config_values(trial.params)
             config = RunConfig.from_flat({**site.target.fixed, **values}).validate()
             outcome = run_training(config, site.mlflow_client, run_id, on_epoch=_reporter(site, trial))
@@ -392,7 +471,7 @@ def _run_trial(site: _Worksite, trial: optuna.Trial) -> None:
     site.study.tell(trial, value, state=state)
     if run_id:
         tracking.set_tag(site.mlflow_client, run_id, STATE_TAG, state.name)
-    _report_progress(site, trial.number, state, value, reason, time.monotonic() - started)
+    _report_progress(site, trial.number, state, value, reason)
     if interrupted:
         site.stop.set()
         if threading.current_thread() is threading.main_thread():
@@ -403,7 +482,7 @@ def _reporter(site: _Worksite, trial: optuna.Trial) -> Callable[[EpochMetrics], 
     """Per epoch: stop on Ctrl-C elsewhere; every REPORT_EVERY epochs report val MSE and maybe prune."""
 
     def on_epoch(metrics: EpochMetrics) -> None:
-        if site.stop.is_set():
+        if site.stopping():
             raise KeyboardInterrupt
         if (metrics.epoch + 1) % REPORT_EVERY == 0:
             trial.report(metrics.val_mse, metrics.epoch)
@@ -413,28 +492,14 @@ def _reporter(site: _Worksite, trial: optuna.Trial) -> Callable[[EpochMetrics], 
     return on_epoch
 
 
-def _report_progress(
-    site: _Worksite, number: int, state: TrialState, value: float | None, reason: str, seconds: float
-) -> None:
+def _report_progress(site: _Worksite, number: int, state: TrialState, value: float | None, reason: str) -> None:
+    """Count failures in a row, log the trial's value on the study run, and wake the workers waiting for a place."""
     with site.gate:
         if state == TrialState.FAIL:
             site.failures_in_row += 1
             site.last_failure = reason
         else:
             site.failures_in_row = 0
-        counts = _count(site.study)
-        site.bar.n = min(counts["done"], site.plan.n_trials)
-        try:
-            site.bar.set_postfix(best=f"{site.study.best_value:.5f}", failed=counts["failed"], refresh=False)
-        except ValueError:  # no complete trial yet
-            site.bar.set_postfix(failed=counts["failed"], refresh=False)
         if value is not None:
             tracking.log_metrics(site.mlflow_client, site.run_id, {"trial_val_mse": value}, step=number)
-        convergence = summary.convergence(site.study, site.logged_steps)
-        for step, best in convergence.items():
-            tracking.log_metrics(site.mlflow_client, site.run_id, {studies.OBJECTIVE: best}, step=step)
-        site.logged_steps |= set(convergence)
-        outcome = f"val_mse {value:.5f}" if value is not None else reason
-        site.bar.write(f"{site.target.name} trial-{number:03d} {state.name.lower()}: {outcome} ({seconds:.1f} s)")
-        site.bar.refresh()
         site.gate.notify_all()

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import itertools
 import math
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
@@ -19,6 +21,7 @@ PRUNERS = ("auto", "median", "hyperband", "none")  # auto: the space's own defau
 PRUNE_AFTER_EPOCHS = 50  # no pruning before this epoch: early curves rank trials poorly
 MEDIAN_STARTUP_TRIALS = 5  # finished trials the median pruner needs before it prunes
 TPE_STARTUP_TRIALS = 10  # random trials before TPE models the space, as in the study
+WORKER_SEED_STEP = 1_000_000  # between the TPE seeds of a call's workers: far from the next call's seed + n_existing
 
 WIDTHS = (2, 4, 8, 16, 32, 64, 128)
 
@@ -117,17 +120,44 @@ class GridSampler(optuna.samplers.GridSampler):
         return None
 
 
-def make_sampler(space: Space, seed: int, n_existing: int) -> optuna.samplers.BaseSampler:
-    """The space's sampler. Grid order depends on the seed only; the others are reseeded past the
-    trials a study already holds, so a resumed study does not replay the draws of its first call."""
+class TrialSeededRandomSampler(optuna.samplers.RandomSampler):
+    """Random draws seeded by the seed and the trial number alone, not by the order workers ask in.
+
+    So a random study holds the same points whatever the number of workers and their timing,
+    and a resumed study draws new points (its trials have new numbers).
+    """
+
+    def __init__(self, seed: int) -> None:
+        super().__init__(seed=seed)
+        self._base_seed = seed
+
+    def sample_independent(
+        self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
+    ) -> Any:
+        key = np.random.SeedSequence([self._base_seed, trial.number, zlib.crc32(param_name.encode())])
+        draw = optuna.samplers.RandomSampler(seed=int(key.generate_state(1)[0]))
+        return draw.sample_independent(study, trial, param_name, param_distribution)
+
+
+def make_sampler(space: Space, seed: int, n_existing: int, worker: int = 0) -> optuna.samplers.BaseSampler:
+    """The space's sampler for one worker (numbered from 0) of a study that held `n_existing` trials.
+
+    The grid gives trial k the k-th point of an order fixed by the seed, and the random sampler
+    draws from the seed and the trial number, so several workers reproduce one worker's study.
+    TPE learns from whichever trials have finished when it is asked, so only one worker reproduces
+    it; each worker gets its own seed (two with one seed would propose the same first points),
+    past the trials the study held, so a resumed study does not replay the draws of its first call.
+    """
     if space.sampler == "grid":
         assert space.grid is not None
         return GridSampler({key: list(values) for key, values in space.grid.items()}, seed=seed)
     if space.sampler == "tpe":
         return optuna.samplers.TPESampler(
-            seed=seed + n_existing, n_startup_trials=TPE_STARTUP_TRIALS, constant_liar=True
+            seed=seed + n_existing + WORKER_SEED_STEP * worker,
+            n_startup_trials=TPE_STARTUP_TRIALS,
+            constant_liar=True,
         )
-    return optuna.samplers.RandomSampler(seed=seed + n_existing)
+    return TrialSeededRandomSampler(seed)
 
 
 def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:

@@ -7,6 +7,7 @@ finds studies by those, whatever their names, and a resumed study must match the
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -24,13 +25,15 @@ from moonvae import tracking
 from moonvae.config import ConfigError
 from moonvae.findings import StudyTable, trials_frame
 
-HEARTBEAT_SECONDS = 30
-GRACE_SECONDS = 120  # a running trial without a heartbeat for this long belongs to a dead worker
+# Read from the environment too, since workers run in other processes (tests shorten them to seconds).
+HEARTBEAT_SECONDS = int(os.environ.get("MOONVAE_HEARTBEAT_SECONDS", "30"))
+GRACE_SECONDS = int(os.environ.get("MOONVAE_GRACE_SECONDS", "120"))  # no heartbeat for this long: a dead worker
 OPEN_ATTEMPTS = 4  # tries to open a storage whose tables another worker is creating
 
 OBJECTIVE = "best_val_mse"  # what every study minimises, named so optuna-dashboard shows it
 RUN_ID_ATTR = "mlflow_run_id"  # trial and study user attrs linking Optuna to MLflow
 MODEL_ID_ATTR = "mlflow_model_id"
+WORKER_ATTR = "moonvae.worker"  # the worker that ran a trial: {call, host, pid}
 MODEL_ATTR, SPACE_ATTR, CONFIG_ATTR = "moonvae.model", "moonvae.space", "moonvae.config"
 CREATED_ATTR = "moonvae.created"  # when the study was created (seconds since the epoch)
 NEW_SECONDS = 120  # a study younger than this, without trials, may still be getting its MLflow run

@@ -147,6 +147,15 @@ def end_if_running(mlflow_client: MlflowClient, run_id: str, status: str, reason
     return True
 
 
+def run_exists(mlflow_client: MlflowClient, run_id: str) -> bool:
+    """Whether this tracking store holds the run (a worker on another machine may see another store)."""
+    try:
+        mlflow_client.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        return False
+    return True
+
+
 def is_active_in(mlflow_client: MlflowClient, run_id: str, experiment: str) -> bool:
     """Whether the run exists, is not deleted and belongs to `experiment` (a study run worth resuming)."""
     try:

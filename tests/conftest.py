@@ -136,3 +136,30 @@ def running_server(command: list[str], folder: Path, port: int, ready_path: str)
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A throwaway PostgreSQL database (tests/services.py) for the whole session."""
+    from services import postgres_database
+
+    with postgres_database() as url:
+        yield url
+
+
+@pytest.fixture
+def tracking_server(tmp_path: Path) -> Iterator[str]:
+    """A throwaway `mlflow server` with proxied artifacts (tests/services.py); its URL."""
+    from services import tracking_server as server
+
+    with server(tmp_path / "server") as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[str]:
+    """A throwaway one-node Ray cluster with 2 CPUs (tests/services.py); its client address."""
+    from services import ray_head
+
+    with ray_head(cpus=2) as address:
+        yield address

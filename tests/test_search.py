@@ -90,6 +90,7 @@ def test_auto_pruner_prunes_only_the_search_for_the_best(workdir, space, pruner)
         ({"model": "gan"}, "model must be one of vae, cvae, both, got 'gan'"),
         ({"n_trials": 0}, "n_trials must be an integer >= 1"),
         ({"n_jobs": 0}, "n_jobs must be an integer >= 1"),
+        ({"workers": 0}, "workers must be an integer >= 1"),
         ({"pruner": "sometimes"}, "pruner must be one of auto, median, hyperband, none"),
         ({"fixed": {"lr": 0.01}}, "lr is searched by the basic space"),
         ({"fixed": {"patience": 0}}, "patience must be an integer >= 1"),
@@ -216,6 +217,31 @@ def test_resume_with_other_fixed_values_is_refused_and_leaves_the_study_alone(cl
         search.plan(model="vae", n_trials=3, fixed=TINY | {"max_epochs": 20})
     assert [(trial.number, trial.state) for trial in load_study().trials] == before
     assert len(all_runs(client)) == runs_before
+
+
+def asked(space, workers, trials=6):
+    """The points a study's workers (each with its own sampler) draw when they take turns unevenly."""
+    study = optuna.create_study()
+    samplers = [spaces.make_sampler(space, 42, 0, worker) for worker in range(workers)]
+    for number in range(trials):
+        study.sampler = samplers[number * 7 % workers]
+        study.ask(fixed_distributions=space.distributions)
+    return [trial.params for trial in study.trials]
+
+
+@pytest.mark.parametrize("space", ["probabilistic", "data"])
+def test_random_and_grid_points_do_not_depend_on_how_many_workers_draw_them(space):
+    one, three = asked(spaces.SPACES[space], 1), asked(spaces.SPACES[space], 3)
+    assert one == three
+    assert len({tuple(sorted(params.items())) for params in one}) == len(one)  # no point drawn twice
+
+
+def test_each_tpe_worker_has_its_own_seed_and_the_first_keeps_the_single_workers():
+    basic = spaces.SPACES["basic"]
+    first, second = asked(basic, 1, trials=1), asked(basic, 2, trials=2)[1:]
+    assert first != second
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=42, n_startup_trials=10, constant_liar=True))
+    assert study.ask(fixed_distributions=basic.distributions).params == first[0]  # workers=1: the study as before
 
 
 def test_grid_visits_each_point_once_and_retries_a_failed_point(client, monkeypatch, fail_when):

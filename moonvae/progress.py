@@ -1,0 +1,69 @@
+"""What the call that starts a study's workers shows and logs while they run, wherever they run.
+
+Workers in other processes or on other machines print nothing: this call reads the
+study from its storage every second and draws the one progress bar, writes one line
+per trial its own workers finished, and logs the study run's convergence series,
+as its one writer, so each step is logged once whatever the workers' interleaving.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from tqdm import tqdm
+
+from moonvae import studies, summary, tracking
+from moonvae.studies import WORKER_ATTR
+from moonvae.tracking import Client
+
+
+class Progress:
+    """The executor's watcher of one study: `poll` every second, `say` for its own lines."""
+
+    def __init__(self, study: optuna.Study, mlflow_client: Client, run_id: str, n_trials: int, call: str) -> None:
+        self.study, self.mlflow_client, self.run_id = study, mlflow_client, run_id
+        self.n_trials, self.call = n_trials, call  # call: whose trials get a line (other calls print theirs)
+        self.seen: set[int] = set()  # finished trials already looked at
+        trials = study.get_trials(deepcopy=False)
+        done = min(sum(trial.state in (TrialState.COMPLETE, TrialState.PRUNED) for trial in trials), n_trials)
+        self.bar = tqdm(total=n_trials, initial=done, desc=study.study_name, unit="trial", leave=True)
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
+
+    def say(self, line: str) -> None:
+        self.bar.write(line)
+
+    def poll(self) -> None:
+        trials = self.study.get_trials(deepcopy=False)
+        ended = [trial for trial in trials if trial.state.is_finished() and trial.number not in self.seen]
+        if not ended:
+            return  # nothing new: a bar redrawn every second fills a log file
+        for trial in sorted(ended, key=lambda trial: trial.datetime_complete or trial.datetime_start):
+            self.seen.add(trial.number)
+            if trial.user_attrs.get(WORKER_ATTR, {}).get("call") == self.call:
+                self.bar.write(trial_line(self.study.study_name, trial))
+        states = Counter(trial.state for trial in trials)
+        self.bar.n = min(states[TrialState.COMPLETE] + states[TrialState.PRUNED], self.n_trials)
+        values = [trial.value for trial in trials if trial.state == TrialState.COMPLETE and trial.value is not None]
+        best = {"best": f"{min(values):.5f}"} if values else {}
+        self.bar.set_postfix(best | {"failed": states[TrialState.FAIL]}, refresh=False)
+        self.bar.refresh()
+        logged = tracking.metric_steps(self.mlflow_client, self.run_id, studies.OBJECTIVE)  # other calls log too
+        for step, value in summary.convergence(self.study, logged).items():
+            tracking.log_metrics(self.mlflow_client, self.run_id, {studies.OBJECTIVE: value}, step=step)
+
+
+def trial_line(study_name: str, trial: FrozenTrial) -> str:
+    """`moonvae-vae-basic trial-007 complete: val_mse 0.00213 (4.1 s)`, or the reason it did not complete."""
+    if trial.state == TrialState.COMPLETE and trial.value is not None:
+        outcome = f"val_mse {trial.value:.5f}"
+    else:
+        outcome = trial.user_attrs.get("reason", f"its worker stopped (no heartbeat for {studies.GRACE_SECONDS} s)")
+    seconds = (trial.datetime_complete - trial.datetime_start).total_seconds() if trial.datetime_start else 0.0
+    return f"{study_name} trial-{trial.number:03d} {trial.state.name.lower()}: {outcome} ({seconds:.1f} s)"

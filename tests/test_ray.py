@@ -1,0 +1,143 @@
+"""A study's workers on a Ray cluster: a throwaway head, PostgreSQL and `mlflow server` (tests/services.py).
+
+What the README's "On a Ray cluster" section promises, on one machine: `moonvae tune
+--ray-address ... --workers 2` sends the code and the settings to the cluster and runs
+the study there under its one study run; a worker process killed mid-trial is retried
+by Ray while its trial is failed by heartbeat and replaced; SIGTERM on the driver
+stops the workers and leaves nothing RUNNING.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import subprocess_env
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+from services import processes_named
+
+from moonvae.studies import WORKER_ATTR
+
+pytestmark = pytest.mark.slow
+
+TUNE_SECONDS = 900
+TASK = "ray::study_worker"  # a Ray worker running our task; ray::IDLE and the agents are not tasks
+TRIALS = ["--model", "vae", "--max-epochs", "15", "--n-samples", "400", "--workers", "2"]
+SHORT_HEARTBEAT = {"MOONVAE_HEARTBEAT_SECONDS": "1", "MOONVAE_GRACE_SECONDS": "10"}  # a dead worker's trial: 10 s
+
+
+def start_tune(folder: Path, tracking_uri: str, *args: str) -> tuple[subprocess.Popen, Path]:
+    """`moonvae tune ARGS` from its own folder, as on a laptop driving the cluster; output in folder/tune.log."""
+    folder.mkdir()
+    env = subprocess_env(folder) | {"MLFLOW_TRACKING_URI": tracking_uri} | SHORT_HEARTBEAT
+    log = folder / "tune.log"
+    with log.open("w") as output:
+        command = [sys.executable, "-m", "moonvae", "tune", *args]
+        tune = subprocess.Popen(command, cwd=folder, env=env, stdout=output, stderr=subprocess.STDOUT)
+    return tune, log
+
+
+def training(storage: str, study_name: str) -> list[optuna.trial.FrozenTrial]:
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:  # not created yet
+        return []
+    return [trial for trial in study.trials if trial.state == TrialState.RUNNING and WORKER_ATTR in trial.user_attrs]
+
+
+def wait_for_training(storage: str, study_name: str, count: int, tune: subprocess.Popen, log: Path) -> list:
+    """Until `count` trials train in Ray tasks; returns them."""
+    deadline = time.monotonic() + TUNE_SECONDS
+    while True:
+        assert tune.poll() is None, log.read_text()[-3000:]
+        tasks = processes_named(TASK)
+        running = [trial for trial in training(storage, study_name) if trial.user_attrs[WORKER_ATTR]["pid"] in tasks]
+        if len(running) >= count:
+            return running
+        if time.monotonic() > deadline:
+            pytest.fail(f"no {count} trials training in Ray tasks:\n{log.read_text()[-3000:]}")
+        time.sleep(0.1)
+
+
+def all_runs(client: MlflowClient) -> list:
+    return client.search_runs([experiment.experiment_id for experiment in client.search_experiments()])
+
+
+def test_a_study_on_ray_survives_a_killed_worker(tmp_path, ray_cluster, postgres_url, tracking_server):
+    tune, log = start_tune(
+        tmp_path / "driver",
+        tracking_server,
+        *TRIALS,
+        "--n-trials",
+        "8",
+        "--storage",
+        postgres_url,
+        "--study-name",
+        "killed",
+        "--ray-address",
+        ray_cluster,
+    )
+    (victim, *_) = wait_for_training(postgres_url, "killed", 1, tune, log)
+    killed = victim.user_attrs[WORKER_ATTR]["pid"]
+    os.kill(killed, signal.SIGKILL)
+    tune.wait(timeout=TUNE_SECONDS)
+    # Ray retried the killed task: a task lost for good would have ended the call with exit code 1
+    assert tune.returncode == 0, log.read_text()[-3000:]
+
+    study = optuna.load_study(study_name="killed", storage=postgres_url)
+    states = [trial.state for trial in study.trials]
+    assert sum(state in (TrialState.COMPLETE, TrialState.PRUNED) for state in states) == 8, states
+    (failed,) = [trial for trial in study.trials if trial.state == TrialState.FAIL]
+    assert failed.number == victim.number and TrialState.RUNNING not in states
+    client = MlflowClient(tracking_server)
+    runs = all_runs(client)
+    (study_run,) = [run for run in runs if run.data.tags.get("moonvae.kind") == "study"]
+    assert study_run.info.run_id == study.user_attrs["mlflow_run_id"] and study_run.info.status == "FINISHED"
+    trial_runs = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == study_run.info.run_id]
+    assert len(runs) == 1 + len(trial_runs) == 1 + len(study.trials)  # each trial one run, nested, nothing else
+    assert {run.info.run_id for run in trial_runs} == {trial.user_attrs["mlflow_run_id"] for trial in study.trials}
+    assert "RUNNING" not in {run.info.status for run in runs}
+    assert client.get_run(failed.user_attrs["mlflow_run_id"]).info.status == "FAILED"
+    ran = {trial.user_attrs[WORKER_ATTR]["pid"] for trial in study.trials}
+    assert len(ran) >= 2 and tune.pid not in ran  # trials ran in Ray's worker processes, not in the driver
+    champion = client.get_model_version_by_alias("moonvae-vae", "champion")
+    assert champion.run_id == study.best_trial.user_attrs["mlflow_run_id"]
+
+
+def test_sigterm_on_the_driver_stops_the_ray_workers_and_leaves_nothing_running(
+    tmp_path, ray_cluster, postgres_url, tracking_server
+):
+    long_trials = ["--max-epochs", "5000", "--patience", "5000", "--pruner", "none"]  # still training when stopped
+    tune, log = start_tune(
+        tmp_path / "driver",
+        tracking_server,
+        *TRIALS,
+        *long_trials,
+        "--n-trials",
+        "8",
+        "--storage",
+        postgres_url,
+        "--study-name",
+        "stopped",
+        "--ray-address",
+        ray_cluster,
+    )
+    wait_for_training(postgres_url, "stopped", 2, tune, log)
+    tune.send_signal(signal.SIGTERM)
+    tune.wait(timeout=TUNE_SECONDS)
+    assert tune.returncode == 128 + signal.SIGTERM, log.read_text()[-3000:]
+
+    study = optuna.load_study(study_name="stopped", storage=postgres_url)
+    assert sorted(trial.state.name for trial in study.trials) == ["FAIL", "FAIL"]
+    client = MlflowClient(tracking_server)
+    runs = all_runs(client)
+    assert {(run.info.status, run.data.tags["moonvae.status_reason"]) for run in runs} == {("KILLED", "interrupted")}
+    assert len(runs) == 3  # the study run and the two trials'
+    assert processes_named(TASK) == []  # the tasks ended; their processes are idle or gone
