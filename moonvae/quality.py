@@ -35,6 +35,7 @@ import json
 import math
 import os
 import tempfile
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import cache
@@ -222,36 +223,72 @@ def judge(
     `noise` the data's noise. Same arguments, same numbers: samplers of one model
     judged with one seed meet the same references.
     """
+    options = dict(sets=sets, n=n, seed=seed, conditional=conditional, floor_cache=floor_cache)
+    return judge_all({"": sample}, train_x, noise, **options)[""]
+
+
+def judge_all(
+    samplers: dict[str, Sampler],
+    train_x: np.ndarray,
+    noise: float,
+    *,
+    sets: int = TRIAL_SETS,
+    n: int = N_POINTS,
+    seed: int = 0,
+    conditional: bool = False,
+    floor_cache: Path | None = None,
+) -> dict[str, dict[str, float]]:
+    """`judge` of several samplers at once, by name: the same numbers, with each reference's own terms computed once.
+
+    Every sampler meets the same references and is asked for the same labels (a fresh
+    sample stream per sampler), so their scores compare pairwise; the reference's
+    kernel mean and distances to the training points, a fifth of a round's work,
+    are shared.
+    """
     floor = mmd_floor(noise, n, floor_cache)
-    references, draws = generator(REFERENCE_STREAM, seed), generator(SAMPLE_STREAM, seed)
+    references = generator(REFERENCE_STREAM, seed)
+    draws = {name: generator(SAMPLE_STREAM, seed) for name in samplers}
     train = torch.as_tensor(np.asarray(train_x), dtype=torch.float32)
-    mmds, c2sts, on_moon, sample_gaps, real_gaps, spacings = [], [], [], [], [], []
+    found: dict[str, dict[str, list]] = {name: defaultdict(list) for name in samplers}
+    real_gaps = []
     for round_ in range(sets):
         real = exact_moons(n, noise, references)[0]
-        labels = torch.randint(2, (n,), generator=draws) if conditional else None
-        fake = torch.as_tensor(np.asarray(sample(n, draws, labels)), dtype=torch.float32)
-        if fake.shape != (n, 2) or not torch.isfinite(fake).all():
-            raise ValueError(f"the sampler must return {n} finite 2-D points, got shape {tuple(fake.shape)}")
-        mmds.append(mmd(real, fake, floor.bandwidth))
-        c2sts.append(c2st_accuracy(real.numpy(), fake.numpy(), seed + round_))
-        sample_gaps.append(nearest_distance(fake, train))
+        real_kernel = kernel_mean(real, real, floor.bandwidth)
         real_gaps.append(nearest_distance(real, train))
-        spacings.append(nearest_other(fake))
-        if conditional:
-            on_moon.append(on_moon_share(fake, labels, noise))
-    ratios = np.array(mmds) / floor.mmd
-    scores = {
-        "mmd": float(np.mean(mmds)),
+        for name, sample in samplers.items():
+            labels = torch.randint(2, (n,), generator=draws[name]) if conditional else None
+            fake = torch.as_tensor(np.asarray(sample(n, draws[name], labels)), dtype=torch.float32)
+            if fake.shape != (n, 2) or not torch.isfinite(fake).all():
+                raise ValueError(f"the sampler must return {n} finite 2-D points, got shape {tuple(fake.shape)}")
+            mmd_value = (
+                real_kernel + kernel_mean(fake, fake, floor.bandwidth) - 2 * kernel_mean(real, fake, floor.bandwidth)
+            )
+            scores = found[name]
+            scores["mmd"].append(max(mmd_value, 0.0))
+            scores["c2st"].append(c2st_accuracy(real.numpy(), fake.numpy(), seed + round_))
+            scores["sample_gaps"].append(nearest_distance(fake, train))
+            scores["spacings"].append(nearest_other(fake))
+            if conditional:
+                scores["on_moon"].append(on_moon_share(fake, labels, noise))
+    real_median = torch.cat(real_gaps).median()
+    return {name: summarise(scores, floor, real_median, sets) for name, scores in found.items()}
+
+
+def summarise(scores: dict[str, list], floor: Floor, real_median: torch.Tensor, sets: int) -> dict[str, float]:
+    """One sampler's rounds as its scores (see `judge`)."""
+    ratios = np.array(scores["mmd"]) / floor.mmd
+    summary = {
+        "mmd": float(np.mean(scores["mmd"])),
         "mmd_floor": floor.mmd,
         "mmd_ratio": float(ratios.mean()),
         "mmd_ratio_std": float(ratios.std(ddof=1)) if sets > 1 else math.nan,
-        "c2st": float(np.mean(c2sts)),
-        "copying": float(torch.cat(sample_gaps).median() / torch.cat(real_gaps).median()),
-        "spacing": float(torch.cat(spacings).median()) / floor.spacing,
+        "c2st": float(np.mean(scores["c2st"])),
+        "copying": float(torch.cat(scores["sample_gaps"]).median() / real_median),
+        "spacing": float(torch.cat(scores["spacings"]).median()) / floor.spacing,
     }
-    if conditional:
-        scores["on_moon"] = float(np.mean(on_moon))
-    return scores
+    if scores["on_moon"]:
+        summary["on_moon"] = float(np.mean(scores["on_moon"]))
+    return summary
 
 
 def prior_sampler(network: VAE) -> Sampler:
