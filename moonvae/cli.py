@@ -139,7 +139,7 @@ def train(register: str, **values: Any) -> None:
     config = run_config(values)
     if register and not registry.valid_name(register):
         fail(f"register must be a model name without '/', ':' or '@', got {register!r}")
-    from moonvae import tracking
+    from moonvae import pyfunc, tracking
     from moonvae.experiment import run_training
     from moonvae.train import TrainingDiverged, one_torch_thread
 
@@ -155,7 +155,9 @@ def train(register: str, **values: Any) -> None:
             click.echo(f"run {run_id} on {tracking.tracking_uri()}")
             outcome = run_training(config, mlflow_client, run_id, on_epoch=print_epoch)
             if register:
-                version = tracking.register_model(mlflow_client, outcome.model_info, register)
+                version = tracking.register_model(
+                    mlflow_client, outcome.model_info, register, description=pyfunc.DESCRIPTION
+                )
     except TrainingDiverged as error:
         fail(str(error), code=1)
     metrics = outcome.final_metrics()
@@ -163,6 +165,7 @@ def train(register: str, **values: Any) -> None:
         f"done: {metrics['epochs']} epochs, best val_mse {metrics['best_val_mse']:.5f} "
         f"(epoch {metrics['best_epoch']}), test_mse {metrics['test_mse']:.5f}, test_kl {metrics['test_kl']:.5f}"
     )
+    click.echo(outcome.judgement.note())
     if register:
         click.echo(f"registered {register} version {version}: load it with models:/{register}@{registry.CHAMPION}")
 

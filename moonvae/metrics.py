@@ -2,7 +2,8 @@
 
 The one home of metric definitions. A new metric is defined here first, then
 computed by the layer that owns its scope: `train.py` per epoch, `experiment.py`
-at the end of a run, `summary.py` on a study run, `evaluate.py` in `analyse`.
+at the end of a run (`generation.py` per sampling source), `summary.py` on a study
+run, `evaluate.py` and `generation.py` in `analyse`.
 Tests hold each layer's names, and the README's metric table, to this list.
 """
 
@@ -16,7 +17,9 @@ N_EVAL = 2000  # points per sample in `analyse`: a few thousand keep MMD's noise
 @dataclass(frozen=True)
 class Metric:
     name: str
-    scope: str  # epoch (step = epoch), run (a train run or trial), study (study run), tune (entry run), analyse
+    # epoch (step = epoch), run (a train run or trial), source (per sampling source, `<source>_<name>`, on every
+    # run and in analyse), study (study run), pareto (study run of a multi-objective study), tune (entry run), analyse
+    scope: str
     meaning: str
 
 
@@ -36,6 +39,14 @@ METRICS = (
     Metric("active_units", "run", "latent units whose posterior mean varies over the data (Burda et al. 2016)"),
     Metric("active_fraction", "run", "active_units over latent_dim"),
     Metric("mutual_info", "run", "I(x; z) under q in nats, at most log N: what the latent keeps about x"),
+    Metric("mmd_floor", "run", "the squared MMD exact samplers score at the run's noise: what each mmd_ratio divides"),
+    Metric("mmd_ratio", "run", "the default source's mmd_ratio: the model's sample quality, the generative objective"),
+    Metric("mmd_ratio", "source", "squared MMD between samples and exact draws over the floor, mean over the sets"),
+    Metric("mmd_ratio_std", "source", "the sets' spread of mmd_ratio (its standard error: this / sqrt(sets))"),
+    Metric("c2st", "source", "held-out accuracy of a k-NN classifier telling samples from exact draws (0.5: alike)"),
+    Metric("copying", "source", "median sample-to-nearest-training-point distance over fresh points' (< 1: copies)"),
+    Metric("spacing", "source", "median distance between nearest samples over exact draws' (< 1: clumps)"),
+    Metric("on_moon", "source", "CVAE: share of samples on the requested moon (Bayes classifier; exact: 0.991)"),
     Metric("trial_val_mse", "study", "each complete trial's best_val_mse (step = trial number)"),
     Metric("best_val_mse", "study", "the best best_val_mse among trials up to this one (step = trial number)"),
     Metric("best_trial", "study", "the number of that trial"),
@@ -66,7 +77,7 @@ METRICS = (
     Metric("latent_moon_accuracy", "analyse", "5-fold k-NN accuracy of the moon read off the training latents"),
 )
 
-SCOPES = ("epoch", "run", "study", "tune", "analyse")
+SCOPES = ("epoch", "run", "source", "study", "pareto", "tune", "analyse")
 
 
 def names(scope: str) -> tuple[str, ...]:

@@ -20,11 +20,27 @@ from moonvae.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def seed_floor_cache(folder: Path) -> None:
+    """Put the default noise's MMD floor in `folder`'s data cache, where runs look for it.
+
+    The floor is a fixed function of (noise, n), computed once per test session (5 s) and
+    copied, so that `moonvae` processes started by tests read it (tests/test_quality.py
+    tests computing and caching it).
+    """
+    from moonvae import quality
+    from moonvae.data import DEFAULT_CACHE_DIR
+
+    noise = DataConfig().noise
+    cache = folder / DEFAULT_CACHE_DIR
+    quality.mmd_floor(noise, quality.N_POINTS, cache)  # computed in this process once, then written
+
+
 def use_folder(folder: Path, patch: pytest.MonkeyPatch) -> Path:
     """Work in `folder`, with its own sqlite tracking store and none of `mlflow run`'s variables.
 
     The one test environment: the `workdir` fixture, module-scoped stores and notebooks all use it.
     """
+    seed_floor_cache(folder)
     patch.chdir(folder)  # the default experiment keeps its artifacts in ./mlruns
     patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlflow.db'}")
     for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
