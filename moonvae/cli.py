@@ -172,7 +172,12 @@ def train(register: str, **values: Any) -> None:
 
 @click.command(cls=Command, context_settings=CONTEXT)
 @click.option("--model", default="both", show_default=True, help=f"{', '.join(MODELS)}, or both (one study each)")
-@click.option("--space", default="basic", show_default=True, help="basic (TPE), data (grid) or probabilistic (random)")
+@click.option(
+    "--space",
+    default="basic",
+    show_default=True,
+    help="basic (TPE), data (grid), probabilistic (random) or generative (two objectives: a Pareto front)",
+)
 @click.option(
     "--n-trials", "--n_trials", "n_trials", type=int, default=N_TRIALS, show_default=True, help="trials per study"
 )
@@ -231,11 +236,14 @@ def tune(
         fail(str(error), code=1)
     for result in results:
         held = ", ".join(f"{count} {state.lower()}" for state, count in sorted(result.counts.items()))
-        best = (
-            f"best val_mse {result.best_value:.5f} (trial {result.best_trial})"
-            if result.best_value is not None
-            else "no complete trial"
-        )
+        if result.best_value is None:
+            best = "no complete trial"
+        elif result.pareto:
+            best = f"Pareto front of {len(result.pareto)}; generator trial {result.best_trial}: " + ", ".join(
+                f"{key.removeprefix('best_')} {value:.5g}" for key, value in result.best_values.items()
+            )
+        else:
+            best = f"best val_mse {result.best_value:.5f} (trial {result.best_trial})"
         click.echo(f"{result.name}: {held}; {best}; run {result.run_id}; {result.seconds:.0f} s")
         if result.registered:
             name, version, alias = result.registered

@@ -35,6 +35,7 @@ import json
 import math
 import os
 import tempfile
+import threading
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -143,6 +144,9 @@ class Floor:
     protocol: int = PROTOCOL
 
 
+_computing = threading.Lock()  # one thread computes a floor while the others wait for it
+
+
 @cache
 def compute_floor(noise: float, n: int) -> Floor:
     """The floor from scratch (4-8 s at n = 2000, 0.4 s at n = 500); remembered for the process."""
@@ -164,16 +168,19 @@ def mmd_floor(noise: float, n: int = N_POINTS, cache_dir: Path | None = None) ->
     """The floor at (noise, n), read from `cache_dir` when there, else computed and written there.
 
     Written to a temporary file and renamed into place, so parallel trials never read
-    a half-written floor; a floor of another protocol version is recomputed.
+    a half-written floor; a floor of another protocol version is recomputed. Trial
+    threads that need a floor at once wait for one of them to compute it.
     """
     if cache_dir is None:
-        return compute_floor(noise, n)
+        with _computing:
+            return compute_floor(noise, n)
     path = floor_path(cache_dir, noise, n)
     if path.exists():
         stored = json.loads(path.read_text())
         if stored.get("protocol") == PROTOCOL and stored.get("pairs") == FLOOR_PAIRS:
             return Floor(**stored)
-    floor = compute_floor(noise, n)
+    with _computing:
+        floor = compute_floor(noise, n)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
     try:

@@ -33,7 +33,7 @@ from moonvae import spaces, studies, summary, tracking
 from moonvae.config import MODELS, N_TRIALS, ConfigError, RunConfig
 from moonvae.experiment import run_training
 from moonvae.spaces import SPACES, Space
-from moonvae.studies import MODEL_ID_ATTR, RUN_ID_ATTR, Target
+from moonvae.studies import MODEL_ID_ATTR, RUN_ID_ATTR, SOURCE_ATTR, Target
 from moonvae.tracking import Client
 from moonvae.train import EpochMetrics, one_torch_thread
 
@@ -44,7 +44,7 @@ MAX_FAILURES_IN_ROW = 5  # then something is broken beyond one trial: stop the c
 STUDY_RUN_WAIT_SECONDS = 60  # how long a worker waits for the creator of a new study to open its run
 DATA_PARAMS = {"n_samples", "noise", "data_seed"}  # a space that varies these gives each trial its own data
 STATE_TAG = "optuna.state"
-TRIAL_ATTRS = ("test_mse", "test_kl", "train_mse", "active_units", "mutual_info")  # kept with each trial
+TRIAL_ATTRS = ("test_mse", "test_kl", "train_mse", "active_units", "mutual_info", "mmd_ratio")  # kept with each trial
 
 
 @dataclass
@@ -108,6 +108,11 @@ def plan(
     _require(timeout is None or timeout > 0, f"timeout must be a number of seconds > 0, got {timeout!r}")
     _require(pruner in spaces.PRUNERS, f"pruner must be one of {', '.join(spaces.PRUNERS)}, got {pruner!r}")
     _require(
+        pruner in ("auto", "none") or not search_space.multi_objective,
+        f"the {space} space has {len(search_space.objectives)} objectives and Optuna does not prune multi-objective "
+        "studies: use pruner=none (or auto)",
+    )
+    _require(
         model == "both" or model in search_space.models,
         f"the {space} space is run for {', '.join(search_space.models)} only, got model {model!r}",
     )
@@ -128,7 +133,7 @@ def plan(
         identity = {key: value for key, value in config.params().items() if key not in varied}
         identity["space"] = space
         name = studies.study_name(one, space, study_base, both=model == "both")
-        targets.append(Target(one, space, name, {**fixed, "model": one}, identity))
+        targets.append(Target(one, space, name, {**fixed, "model": one}, identity, search_space.objectives))
     size = search_space.size
     wanted = N_TRIALS if n_trials is None else n_trials
     storage_url = storage or studies.default_storage()
@@ -354,7 +359,7 @@ def _grid_point_available(site: _Worksite) -> bool:
 def _run_trial(site: _Worksite, trial: optuna.Trial) -> None:
     """Train one trial in its own MLflow run, nested under the study run, and tell Optuna how it ended."""
     started = time.monotonic()
-    state, value, reason, run_id = TrialState.FAIL, None, "", None
+    state, values, reason, run_id = TrialState.FAIL, None, "", None
     tags = {"moonvae.kind": "trial", "optuna.study": site.target.name, "optuna.trial": str(trial.number)}
     tags |= {"moonvae.model": site.target.model}
     interrupted = False
@@ -370,15 +375,16 @@ def _run_trial(site: _Worksite, trial: optuna.Trial) -> None:
             ) as run_id,
         ):
             trial.set_user_attr(RUN_ID_ATTR, run_id)
-            values = site.plan.space.config_values(trial.params)
-            config = RunConfig.from_flat({**site.target.fixed, **values}).validate()
+            searched = site.plan.space.config_values(trial.params)
+            config = RunConfig.from_flat({**site.target.fixed, **searched}).validate()
             outcome = run_training(config, site.mlflow_client, run_id, on_epoch=_reporter(site, trial))
             if outcome.model_info is not None:
                 trial.set_user_attr(MODEL_ID_ATTR, outcome.model_info.model_id)
             final = outcome.final_metrics()
             for key in TRIAL_ATTRS:  # the findings read these from the study alone
                 trial.set_user_attr(key, final[key])
-        state, value = TrialState.COMPLETE, outcome.result.best_val_mse
+            trial.set_user_attr(SOURCE_ATTR, outcome.judgement.default)
+        state, values = TrialState.COMPLETE, [final[name] for name in site.plan.space.objectives]
     except optuna.TrialPruned as pruned:
         state, reason = TrialState.PRUNED, str(pruned)
     except KeyboardInterrupt:
@@ -387,10 +393,10 @@ def _run_trial(site: _Worksite, trial: optuna.Trial) -> None:
         reason = f"{type(error).__name__}: {error}"
     if reason:
         trial.set_user_attr("reason", reason[:1000])
-    site.study.tell(trial, value, state=state)
+    site.study.tell(trial, values, state=state)
     if run_id:
         tracking.set_tag(site.mlflow_client, run_id, STATE_TAG, state.name)
-    _report_progress(site, trial.number, state, value, reason, time.monotonic() - started)
+    _report_progress(site, trial.number, state, values, reason, time.monotonic() - started)
     if interrupted:
         site.stop.set()
         if threading.current_thread() is threading.main_thread():
@@ -398,12 +404,15 @@ def _run_trial(site: _Worksite, trial: optuna.Trial) -> None:
 
 
 def _reporter(site: _Worksite, trial: optuna.Trial) -> Callable[[EpochMetrics], None]:
-    """Per epoch: stop on Ctrl-C elsewhere; every REPORT_EVERY epochs report val MSE and maybe prune."""
+    """Per epoch: stop on Ctrl-C elsewhere; every REPORT_EVERY epochs report val MSE and maybe prune.
+
+    Multi-objective studies are never pruned: Optuna's Trial.report refuses them.
+    """
 
     def on_epoch(metrics: EpochMetrics) -> None:
         if site.stop.is_set():
             raise KeyboardInterrupt
-        if (metrics.epoch + 1) % REPORT_EVERY == 0:
+        if (metrics.epoch + 1) % REPORT_EVERY == 0 and not site.plan.space.multi_objective:
             trial.report(metrics.val_mse, metrics.epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {metrics.epoch} (val_mse {metrics.val_mse:.5f})")
@@ -412,7 +421,7 @@ def _reporter(site: _Worksite, trial: optuna.Trial) -> Callable[[EpochMetrics], 
 
 
 def _report_progress(
-    site: _Worksite, number: int, state: TrialState, value: float | None, reason: str, seconds: float
+    site: _Worksite, number: int, state: TrialState, values: list[float] | None, reason: str, seconds: float
 ) -> None:
     with site.gate:
         if state == TrialState.FAIL:
@@ -422,17 +431,17 @@ def _report_progress(
             site.failures_in_row = 0
         counts = _count(site.study)
         site.bar.n = min(counts["done"], site.plan.n_trials)
-        try:
-            site.bar.set_postfix(best=f"{site.study.best_value:.5f}", failed=counts["failed"], refresh=False)
-        except ValueError:  # no complete trial yet
-            site.bar.set_postfix(failed=counts["failed"], refresh=False)
-        if value is not None:
-            tracking.log_metrics(site.mlflow_client, site.run_id, {"trial_val_mse": value}, step=number)
-        convergence = summary.convergence(site.study, site.logged_steps)
+        site.bar.set_postfix(**summary.best_so_far(site.study), failed=counts["failed"], refresh=False)
+        objectives = site.plan.space.objectives
+        if values is not None:
+            tracking.log_metrics(
+                site.mlflow_client, site.run_id, summary.trial_metrics(objectives, values), step=number
+            )
+        convergence = summary.convergence(site.study, site.logged_steps, objectives)
         for step, best in convergence.items():
-            tracking.log_metrics(site.mlflow_client, site.run_id, {studies.OBJECTIVE: best}, step=step)
+            tracking.log_metrics(site.mlflow_client, site.run_id, best, step=step)
         site.logged_steps |= set(convergence)
-        outcome = f"val_mse {value:.5f}" if value is not None else reason
+        outcome = summary.values_text(objectives, values) if values is not None else reason
         site.bar.write(f"{site.target.name} trial-{number:03d} {state.name.lower()}: {outcome} ({seconds:.1f} s)")
         site.bar.refresh()
         site.gate.notify_all()

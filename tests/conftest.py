@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,21 +19,23 @@ import pytest
 from moonvae.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
+FLOORS = ROOT / "tests" / "floors"  # MMD floors, as runs cache them in their data folder
 
 
 def seed_floor_cache(folder: Path) -> None:
     """Put the default noise's MMD floor in `folder`'s data cache, where runs look for it.
 
-    The floor is a fixed function of (noise, n), computed once per test session (5 s) and
-    copied, so that `moonvae` processes started by tests read it (tests/test_quality.py
-    tests computing and caching it).
+    The floor is a fixed function of (noise, n) that takes seconds to compute, so the
+    tests keep it in tests/floors: runs in test folders, and the processes tests start,
+    read it as they would after a first run (test_quality tests computing and caching it,
+    and that this copy is what computing gives).
     """
-    from moonvae import quality
     from moonvae.data import DEFAULT_CACHE_DIR
 
-    noise = DataConfig().noise
     cache = folder / DEFAULT_CACHE_DIR
-    quality.mmd_floor(noise, quality.N_POINTS, cache)  # computed in this process once, then written
+    cache.mkdir(parents=True, exist_ok=True)
+    for floor in FLOORS.iterdir():
+        shutil.copyfile(floor, cache / floor.name)
 
 
 def use_folder(folder: Path, patch: pytest.MonkeyPatch) -> Path:

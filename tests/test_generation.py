@@ -5,6 +5,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from conftest import FLOORS
 
 from moonvae import data, generation, quality
 from moonvae.config import SOURCES, RunConfig
@@ -56,6 +57,7 @@ def judged(trained, mixture="fit", **options):
     with one_torch_thread():
         fitted = generation.fit_latent_mixture(network, moons, seed=0) if mixture == "fit" else mixture
         bank = latent_bank(network, moons.train.x, moons.train.y)
+        options = {"floor_cache": FLOORS} | options
         return generation.judge_sources(network, bank, fitted, moons.train.x, config.data.noise, **options)
 
 
@@ -65,7 +67,7 @@ def test_every_source_is_judged_on_the_same_references_and_logged_by_name(traine
     assert judgement.scores["mixture"]["on_moon"] > 0.9 and judgement.scores["prior"]["mmd_ratio"] > 2
     assert judgement.default in ("posterior", "mixture")  # the prior is far off with eps_w = 0.1
     assert judgement.mmd_ratio == judgement.scores[judgement.default]["mmd_ratio"]
-    assert judgement.mmd_floor == quality.mmd_floor(trained[0].data.noise).mmd
+    assert judgement.mmd_floor == quality.mmd_floor(trained[0].data.noise, cache_dir=FLOORS).mmd
     metrics = judgement.metrics()
     assert set(metrics) == {f"{source}_{score}" for source in SOURCES for score in generation.SCORES}
     assert all(math.isfinite(value) for value in metrics.values())
@@ -77,6 +79,7 @@ def test_every_source_is_judged_on_the_same_references_and_logged_by_name(traine
         trained[0].data.noise,
         seed=generation.VALIDATION_SEED,
         conditional=True,
+        floor_cache=FLOORS,
     )
     assert alone == pytest.approx(judgement.scores["prior"], rel=1e-9)  # BLAS sums may differ in the last bit
     again = judged(trained).scores  # same seed, same numbers

@@ -3,7 +3,7 @@
 import re
 
 import pytest
-from conftest import ROOT
+from conftest import FLOORS, ROOT
 
 from moonvae import data, evaluate, metrics
 from moonvae.config import SOURCES
@@ -26,7 +26,7 @@ def trained(tmp_path_factory):
 def test_epoch_run_and_source_metrics_are_the_defined_ones(trained):
     config, moons, network, result = trained
     assert tuple(result.history[0].as_dict()) == metrics.names("epoch")
-    outcome = Outcome.measure(network, result, moons, config)
+    outcome = Outcome.measure(network, result, moons, config, floor_cache=FLOORS)
     assert tuple(outcome.final_metrics()) == metrics.names("run")
     expected = {f"{source}_{name}" for source in SOURCES for name in metrics.names("source")}
     assert set(outcome.source_metrics()) == expected  # a CVAE: on_moon too
