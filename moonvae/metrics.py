@@ -17,8 +17,9 @@ N_EVAL = 2000  # points per sample in `analyse`: a few thousand keep MMD's noise
 @dataclass(frozen=True)
 class Metric:
     name: str
-    # epoch (step = epoch), run (a train run or trial), source (per sampling source, `<source>_<name>`, on every
-    # run and in analyse), study (study run), pareto (study run of a multi-objective study), tune (entry run), analyse
+    # epoch (step = epoch), run (a train run or trial), source (per sampling source: `<source>_<name>` on every run,
+    # `<model>_<source>_<name>` and `<model>_<alias>_<source>_<name>` in analyse), study (study run), pareto (study
+    # run of a multi-objective study), tune (entry run), analyse
     scope: str
     meaning: str
 
@@ -72,16 +73,7 @@ METRICS = (
     Metric("test_kl", "analyse", "test_kl recomputed the same way"),
     Metric("fresh_mse", "analyse", "squared error on fresh points from the data generator"),
     Metric("fresh_kl", "analyse", "KL term on the same fresh points"),
-    Metric("mmd_bandwidth", "analyse", "the RBF kernel's bandwidth: median distance between the real points"),
-    Metric("mmd_floor", "analyse", "squared MMD between two independent real samples: what a perfect model reaches"),
-    Metric("prior_mmd", "analyse", "squared MMD between real points and samples decoded from z ~ N(0, I)"),
-    Metric("posterior_mmd", "analyse", "squared MMD between real points and aggregate-posterior samples"),
-    Metric("c2st_floor_accuracy", "analyse", "k-NN real-vs-real held-out accuracy: what indistinguishable gives"),
-    Metric("prior_c2st_accuracy", "analyse", "k-NN held-out accuracy telling real points from prior samples"),
-    Metric("posterior_c2st_accuracy", "analyse", "the same for aggregate-posterior samples"),
-    Metric("moon_classifier_accuracy", "analyse", "a k-NN moon classifier's accuracy on real points: the ceiling"),
-    Metric("prior_conditional_accuracy", "analyse", "CVAE: share of prior samples on the requested moon"),
-    Metric("posterior_conditional_accuracy", "analyse", "CVAE: the same for aggregate-posterior samples"),
+    Metric("mmd_floor", "analyse", "the MMD floor at the models' noise (per model, <model>_mmd_floor, if they differ)"),
     Metric("latent_moon_accuracy", "analyse", "5-fold k-NN accuracy of the moon read off the training latents"),
 )
 

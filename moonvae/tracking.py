@@ -337,6 +337,15 @@ def registered_version(mlflow_client: MlflowClient, name: str, model_id: str) ->
     return str(min(found, key=int)) if found else None
 
 
+def registered_aliases(mlflow_client: MlflowClient, name: str) -> dict[str, str]:
+    """The aliases of a registered model, {alias: version}, sorted by alias; empty when `name` is not registered."""
+    try:
+        aliases = mlflow_client.get_registered_model(name).aliases
+    except mlflow.exceptions.MlflowException:
+        return {}
+    return {alias: str(aliases[alias]) for alias in sorted(aliases)}
+
+
 def set_alias(mlflow_client: MlflowClient, name: str, alias: str, version: str) -> None:
     mlflow_client.set_registered_model_alias(name, alias, version)
 
