@@ -79,7 +79,7 @@ by the CVAE, optional for the VAE, which ignores it). params["mode"] chooses wha
   point's q(z|x), noise scaled by eps_w: what the decoder was trained on); prior, z ~ N(0, I), which
   with a small eps_w lands far less often on the requested moon; mixture, a Gaussian mixture fitted to
   the training latents. Unset, the model's default source: the one with the best validation sample
-  quality when it was logged (metadata "source"; the figures below and in metadata "sources").
+  quality when it was logged (metadata "source"; every source's scores in metadata "sources").
 - reconstruct: x1, x2 -> x1, x2 decoded from the posterior mean (stochastic=true: from a draw of q(z|x)).
 - encode: x1, x2 -> z0 .. z{{d-1}}, the posterior mean (logvar=true adds logvar0 ..).
 - traverse: per input row, each latent dimension (or only dim) swept in `steps` steps (default 10)
