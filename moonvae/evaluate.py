@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy.spatial import cKDTree
 from sklearn.datasets import make_moons
 from sklearn.model_selection import StratifiedKFold, cross_val_score, train_test_split
 from sklearn.neighbors import KNeighborsClassifier
@@ -48,11 +49,18 @@ def knn(n_train: int) -> KNeighborsClassifier:
 
 
 def c2st_accuracy(real: np.ndarray, generated: np.ndarray, seed: int = 0) -> float:
-    """Held-out accuracy of a classifier telling real from generated points (0.5 = indistinguishable)."""
+    """Held-out accuracy of a k-NN classifier telling real from generated points (0.5 = indistinguishable).
+
+    The neighbours come from a k-d tree and vote, a tie going to 'real': what `knn(n)`
+    predicts, in two thirds of its time (every run judges 6 sets of 2000 points).
+    """
     x = np.concatenate([real, generated])
     origin = np.concatenate([np.zeros(len(real)), np.ones(len(generated))])
     x_fit, x_held, o_fit, o_held = train_test_split(x, origin, test_size=0.5, stratify=origin, random_state=seed)
-    return float(knn(len(x_fit)).fit(x_fit, o_fit).score(x_held, o_held))
+    k = knn(len(x_fit)).n_neighbors
+    neighbours = cKDTree(x_fit).query(x_held, k=k)[1].reshape(len(x_held), k)
+    predicted = o_fit[neighbours].sum(axis=1) > k / 2
+    return float(np.mean(predicted == o_held))
 
 
 def latent_moon_folds(bank: LatentBank, seed: int = 0) -> np.ndarray:

@@ -44,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.spatial import cKDTree
 
 from moonvae.density import sample_mixture
 from moonvae.evaluate import c2st_accuracy
@@ -59,7 +60,7 @@ KERNEL_ROWS = 256  # rows of a kernel block: 2 MB of float32 at n = 2000, kept i
 # cache), and agreeing with it on all but 0.01-0.04% of points at noise 0-0.3
 MOON_GRID = 256
 MIN_NOISE = 0.01  # noise the classifier assumes at noise 0: the nearest-moon rule, smoothly
-PROTOCOL = 2  # bump when the floor's definition changes: cached floors of other versions are recomputed
+PROTOCOL = 3  # bump when the floor's definition changes: cached floors of other versions are recomputed
 
 # independent random streams, so no two draws of the protocol ever share a seed
 FLOOR_STREAM, BANDWIDTH_STREAM, REFERENCE_STREAM, SAMPLE_STREAM = range(4)
@@ -123,13 +124,18 @@ def mmd(x: torch.Tensor, y: torch.Tensor, bandwidth: float) -> float:
 
 
 def nearest_distance(x: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """Distance from each row of x to its nearest row of `points`."""
-    return torch.cdist(x, points).min(dim=1).values
+    """Distance from each row of x to its nearest row of `points`.
+
+    A k-d tree in float64: exact, and 4x faster on 2000 points than float32 cdist, whose
+    matrix-product distances err by up to 1% at the spacing of 2000 moons points.
+    """
+    return torch.from_numpy(cKDTree(points.double().numpy()).query(x.double().numpy())[0])
 
 
 def nearest_other(x: torch.Tensor) -> torch.Tensor:
-    """Distance from each row of x to its nearest other row."""
-    return torch.cdist(x, x).fill_diagonal_(math.inf).min(dim=1).values
+    """Distance from each row of x to its nearest other row (its second neighbour: the first is itself)."""
+    points = x.double().numpy()
+    return torch.from_numpy(cKDTree(points).query(points, k=2)[0][:, 1])
 
 
 @dataclass(frozen=True)
