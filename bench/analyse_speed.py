@@ -1,7 +1,9 @@
 """Seconds per step of `moonvae analyse` for one model at the study's default size (latent 128).
 
 Prints, for a CVAE trained briefly on the default data (2000 points):
-  metrics     evaluate_model at n_eval points (MMD, C2ST, conditional accuracy)
+  metrics     evaluate_model at n_eval points (test and fresh reconstruction error)
+  floor       the MMD floor at the data's noise, computed (a fresh data folder; cached after)
+  sources     prior, posterior and mixture judged with the full protocol (16 sets of 2000 points)
   traversal   decoding every latent dimension's sweep with both labels
   umap cold   the first UMAP fit in a process (numba compiles then)
   umap warm   a second fit on the same latents
@@ -19,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from moonvae import data, evaluate, figures, report
+from moonvae import data, evaluate, figures, generation, quality, report, sources
 from moonvae.config import ModelConfig, RunConfig, TrainConfig
 from moonvae.models import build_model, latent_bank
 from moonvae.train import fit
@@ -47,6 +49,24 @@ def main() -> None:
         print(f"CVAE latent {bank.mean.shape[1]}, {len(moons.train)} training points, n_eval {args.n_eval}")
         metrics, samples = timed(
             "metrics", lambda: evaluate.evaluate_model(network, bank, moons, config.data, args.n_eval)
+        )
+        timed("floor", lambda: quality.mmd_floor(config.data.noise, quality.N_POINTS, Path(tmp)))
+        mixture = generation.fit_latent_mixture(network, moons, seed=0)
+        timed(
+            "sources",
+            lambda: sources.judge(
+                "cvae",
+                "bench",
+                network,
+                bank,
+                mixture,
+                "mixture",
+                config,
+                moons.train.x,
+                None,
+                seed=0,
+                cache_dir=Path(tmp),
+            ),
         )
         timed("traversal", lambda: figures.traversal_paths(network, bank, (0, 1)))
         timed("umap cold", lambda: figures.fit_umap(bank.mean.numpy(), 0))

@@ -5,7 +5,7 @@ epochs with early stopping) into a throwaway sqlite store, logs and registers it
 by `models:/moonvae-cvae@champion` and prints:
   on-moon rate  share of samples (half labelled 0, half 1) that a k-NN classifier, trained on
                 fresh make_moons data with the same noise, puts on the requested moon; for
-                source=posterior (the default) and source=prior
+                each source (the model's default named)
   timings       log_model, load_model, and milliseconds per predict call for each mode
 
 Run: python bench/pyfunc_predict.py [--samples 10000] [--max-epochs 1000] [--threads N]
@@ -30,7 +30,7 @@ from sklearn.datasets import make_moons
 from sklearn.neighbors import KNeighborsClassifier
 
 from moonvae import pyfunc, tracking
-from moonvae.config import ModelConfig, RunConfig
+from moonvae.config import SOURCES, ModelConfig, RunConfig
 from moonvae.experiment import run_training
 
 
@@ -60,7 +60,14 @@ def main() -> None:
             outcome = run_training(config, client, run_id, log_model=False, cache_dir=Path(tmp))
             trained = time.perf_counter() - start
             start = time.perf_counter()
-            info = pyfunc.log_model(run_id, outcome.network, config, outcome.data.train)
+            info = pyfunc.log_model(
+                run_id,
+                outcome.network,
+                config,
+                outcome.data.train,
+                mixture=outcome.mixture,
+                judgement=outcome.judgement,
+            )
             logged = time.perf_counter() - start
         tracking.register_model(client, info, "moonvae-cvae")
         start = time.perf_counter()
@@ -71,15 +78,16 @@ def main() -> None:
         classifier = KNeighborsClassifier(n_neighbors=25).fit(x, y)
         request = pd.DataFrame({"label": np.arange(args.samples) % 2})
         rates = {}
-        for source in ("posterior", "prior"):
+        for source in SOURCES:
             points = model.predict(request, params={"source": source, "seed": 0})
             rates[source] = (classifier.predict(points[["x1", "x2"]].to_numpy()) == request["label"].to_numpy()).mean()
 
         one = pd.DataFrame({"x1": [0.5], "x2": [0.25], "label": [1]})
         thousand = pd.concat([one] * 1000, ignore_index=True).assign(label=np.arange(1000) % 2)
         calls = {
-            "sample": {"mode": "sample", "seed": 0},
+            "sample posterior": {"mode": "sample", "source": "posterior", "seed": 0},
             "sample prior": {"mode": "sample", "source": "prior", "seed": 0},
+            "sample mixture": {"mode": "sample", "source": "mixture", "seed": 0},
             "reconstruct": {"mode": "reconstruct"},
             "encode": {"mode": "encode"},
         }
@@ -92,7 +100,8 @@ def main() -> None:
         f"trained {metrics['epochs']} epochs in {trained:.1f} s, test_mse {metrics['test_mse']:.5f}; "
         f"log_model {logged:.2f} s, load_model {loaded:.2f} s"
     )
-    print(f"on-moon rate, {args.samples} samples:  posterior {rates['posterior']:.1%}   prior {rates['prior']:.1%}")
+    shares = "   ".join(f"{source} {rate:.1%}" for source, rate in rates.items())
+    print(f"on-moon rate, {args.samples} samples:  {shares}   (default: {outcome.judgement.default})")
     print("predict, ms per call:      1 row   1000 rows")
     for name, (single, batch) in timings.items():
         print(f"  {name:<20} {single:8.2f}  {batch:9.2f}")

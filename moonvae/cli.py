@@ -144,7 +144,7 @@ def train(register: str, **values: Any) -> None:
     config = run_config(values)
     if register and not registry.valid_name(register):
         fail(f"register must be a model name without '/', ':' or '@', got {register!r}")
-    from moonvae import tracking
+    from moonvae import pyfunc, tracking
     from moonvae.experiment import run_training
     from moonvae.train import TrainingDiverged, one_torch_thread
 
@@ -160,7 +160,9 @@ def train(register: str, **values: Any) -> None:
             click.echo(f"run {run_id} on {tracking.tracking_uri()}")
             outcome = run_training(config, mlflow_client, run_id, on_epoch=print_epoch)
             if register:
-                version = tracking.register_model(mlflow_client, outcome.model_info, register)
+                version = tracking.register_model(
+                    mlflow_client, outcome.model_info, register, description=pyfunc.DESCRIPTION
+                )
     except TrainingDiverged as error:
         fail(str(error), code=1)
     metrics = outcome.final_metrics()
@@ -168,13 +170,19 @@ def train(register: str, **values: Any) -> None:
         f"done: {metrics['epochs']} epochs, best val_mse {metrics['best_val_mse']:.5f} "
         f"(epoch {metrics['best_epoch']}), test_mse {metrics['test_mse']:.5f}, test_kl {metrics['test_kl']:.5f}"
     )
+    click.echo(outcome.judgement.note())
     if register:
         click.echo(f"registered {register} version {version}: load it with models:/{register}@{registry.CHAMPION}")
 
 
 @click.command(cls=Command, context_settings=CONTEXT)
 @click.option("--model", default="both", show_default=True, help=f"{', '.join(MODELS)}, or both (one study each)")
-@click.option("--space", default="basic", show_default=True, help="basic (TPE), data (grid) or probabilistic (random)")
+@click.option(
+    "--space",
+    default="basic",
+    show_default=True,
+    help="basic (TPE), data (grid), probabilistic (random) or generative (two objectives: a Pareto front)",
+)
 @click.option(
     "--n-trials", "--n_trials", "n_trials", type=int, default=N_TRIALS, show_default=True, help="trials per study"
 )
@@ -261,11 +269,14 @@ def tune(
             raise KeyboardInterrupt
     for result in results:
         held = ", ".join(f"{count} {state.lower()}" for state, count in sorted(result.counts.items()))
-        best = (
-            f"best val_mse {result.best_value:.5f} (trial {result.best_trial})"
-            if result.best_value is not None
-            else "no complete trial"
-        )
+        if result.best_value is None:
+            best = "no complete trial"
+        elif result.pareto:
+            best = f"Pareto front of {len(result.pareto)}; generator trial {result.best_trial}: " + ", ".join(
+                f"{key.removeprefix('best_')} {value:.5g}" for key, value in result.best_values.items()
+            )
+        else:
+            best = f"best val_mse {result.best_value:.5f} (trial {result.best_trial})"
         click.echo(f"{result.name}: {held}; {best}; run {result.run_id}; {result.seconds:.0f} s")
         if result.registered:
             name, version, alias = result.registered

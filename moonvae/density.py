@@ -49,6 +49,9 @@ COMPONENTS = (1, 2, 5, 10, 20, 50, 100)  # candidates in increasing order, score
 COVARIANCE = "full"
 SUBSPACE_TOLERANCE = 1e-3  # principal directions spread less than this share of the widest one are dropped
 REG_COVAR = 1e-6  # added to covariance diagonals; scikit-learn's default
+# EM starts from k-means++ seeds rather than a full k-means: the default models' fits took half the time (0.08-0.11 s
+# against 0.17-0.22) and their samples scored alike (MMD ratio 1.4 vs 1.8 VAE, 2.3 vs 2.2 CVAE, +-0.3-0.5, 16 sets)
+INIT = "k-means++"
 
 
 def principal_subspace(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -79,7 +82,9 @@ def fit_gaussians(
     for k in components:
         if k > len(train):
             break
-        mixture = GaussianMixture(k, covariance_type=covariance, reg_covar=REG_COVAR, random_state=seed).fit(train)
+        mixture = GaussianMixture(
+            k, covariance_type=covariance, reg_covar=REG_COVAR, init_params=INIT, random_state=seed
+        ).fit(train)
         candidates.append(mixture)
         scores.append(mixture.score_samples(val))
         best = max(scores[:-1], key=np.mean, default=None)

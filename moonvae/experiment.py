@@ -1,4 +1,4 @@
-"""One tracked training run: data, model, loop, test metrics, images and the logged model.
+"""One tracked training run: data, model, loop, test metrics, sample quality, images and the logged model.
 
 Shared by `moonvae train` (one run) and the tuner (one nested run per trial).
 It calls `tracking` and `pyfunc` for everything MLflow, and never the MLflow API itself.
@@ -13,14 +13,16 @@ import numpy as np
 import torch
 
 from moonvae import data as moons
-from moonvae import images, latent_stats, pyfunc, tracking
+from moonvae import generation, images, latent_stats, pyfunc, tracking
 from moonvae.config import RunConfig
 from moonvae.evaluate import draw as draw_samples
+from moonvae.generation import Judgement
 from moonvae.models import VAE, LossTerms, build_model, latent_bank
 from moonvae.tracking import Client, ModelInfo
 from moonvae.train import EpochCallback, EpochMetrics, TrainResult, evaluate, fit
 
 SAMPLE_SEED = 0  # the same noise in every snapshot, so snapshots differ only by the model
+SOURCE_TAG = "moonvae.source"  # the logged model's default sampling source
 SNAPSHOT_EPOCHS = frozenset({0, 9, 99, 999})  # after 1, 10, 100 and 1000 epochs: a few images, even in log time
 
 
@@ -33,17 +35,33 @@ class Outcome:
     model_info: ModelInfo | None
     train_mse: float = float("nan")  # on the training split: over-fitting is test_mse minus this
     usage: dict[str, float] = field(default_factory=dict)  # active units and I(x; z): how much latent is used
+    mixture: dict[str, torch.Tensor] | None = None  # the latent mixture, a sampling source the logged model holds
+    judgement: Judgement | None = None  # every source's sample quality, and the default source
 
     @classmethod
-    def measure(cls, network: VAE, result: TrainResult, data: moons.MoonsData) -> Outcome:
-        """The trained network's test and train error and how much of its latent it uses."""
+    def measure(
+        cls,
+        network: VAE,
+        result: TrainResult,
+        data: moons.MoonsData,
+        config: RunConfig,
+        floor_cache: Path | None = None,
+    ) -> Outcome:
+        """The trained network's test and train error, how much of its latent it uses, and its samples' quality.
+
+        The latent mixture is fitted with the training seed; `floor_cache` keeps the MMD floor between runs.
+        """
         bank = latent_bank(network, data.train.x, data.train.y)
         usage = latent_stats.latent_usage(bank.mean, bank.logvar, eps_w=network.config.eps_w)
         train_mse = evaluate(network, data.train).mse.item()
-        return cls(network, result, evaluate(network, data.test), data, None, train_mse, usage)
+        mixture = generation.fit_latent_mixture(network, data, config.train.seed)
+        judgement = generation.judge_sources(
+            network, bank, mixture, data.train.x, config.data.noise, floor_cache=floor_cache
+        )
+        return cls(network, result, evaluate(network, data.test), data, None, train_mse, usage, mixture, judgement)
 
     def final_metrics(self) -> dict[str, float]:
-        return {
+        values = {
             "best_val_mse": self.result.best_val_mse,
             "best_epoch": self.result.best_epoch,
             "epochs": len(self.result.history),
@@ -53,6 +71,13 @@ class Outcome:
             "train_mse": self.train_mse,
             **self.usage,
         }
+        if self.judgement is not None:
+            values |= {"mmd_floor": self.judgement.mmd_floor, "mmd_ratio": self.judgement.mmd_ratio}
+        return values
+
+    def source_metrics(self) -> dict[str, float]:
+        """Each sampling source's sample quality, as `<source>_<score>`."""
+        return self.judgement.metrics() if self.judgement is not None else {}
 
 
 class Snapshots:
@@ -146,10 +171,13 @@ def run_training(
                 on_epoch(metrics)
 
         result = fit(network, data.train, data.val, config.train, on_epoch=log_epoch)
-        outcome = Outcome.measure(network, result, data)
-        buffer.add(outcome.final_metrics())
+        outcome = Outcome.measure(network, result, data, config, floor_cache=cache_dir)
+        buffer.add(outcome.final_metrics() | outcome.source_metrics())
+    tracking.set_tag(mlflow_client, run_id, SOURCE_TAG, outcome.judgement.default)
     log_data_plot(mlflow_client, run_id, data)
     snapshots.finish(config.train.max_epochs)
     if log_model:
-        outcome.model_info = pyfunc.log_model(run_id, network, config, data.train)
+        outcome.model_info = pyfunc.log_model(
+            run_id, network, config, data.train, mixture=outcome.mixture, judgement=outcome.judgement
+        )
     return outcome

@@ -149,13 +149,18 @@ class Part:
 
 
 def trials_frame(trials: list[object]) -> pd.DataFrame:
-    """Completed trials (Optuna `FrozenTrial`s or alike) as rows: params, `value`, plain user attributes."""
+    """Completed trials (Optuna `FrozenTrial`s or alike) as rows: params, `value`, plain user attributes.
+
+    `value` is the first objective (the validation MSE) also of a multi-objective study.
+    """
     rows = []
     for trial in trials:
-        if getattr(trial.state, "name", str(trial.state)) != "COMPLETE" or trial.value is None:
+        values = getattr(trial, "values", None)
+        value = values[0] if values else getattr(trial, "value", None)
+        if getattr(trial.state, "name", str(trial.state)) != "COMPLETE" or value is None:
             continue
         metrics = {key: value for key, value in trial.user_attrs.items() if isinstance(value, (int, float, str))}
-        rows.append({**metrics, **trial.params, "value": float(trial.value), "number": trial.number})
+        rows.append({**metrics, **trial.params, "value": float(value), "number": trial.number})
     frame = pd.DataFrame(rows)
     params = {name for trial in trials for name in trial.params}
     for column in params & set(frame.columns):  # widths stored as strings ("8") compare as numbers

@@ -2,7 +2,8 @@
 
 The one home of metric definitions. A new metric is defined here first, then
 computed by the layer that owns its scope: `train.py` per epoch, `experiment.py`
-at the end of a run, `summary.py` on a study run, `evaluate.py` in `analyse`.
+at the end of a run (`generation.py` per sampling source), `summary.py` on a study
+run, `evaluate.py` and `generation.py` in `analyse`.
 Tests hold each layer's names, and the README's metric table, to this list.
 """
 
@@ -16,7 +17,10 @@ N_EVAL = 2000  # points per sample in `analyse`: a few thousand keep MMD's noise
 @dataclass(frozen=True)
 class Metric:
     name: str
-    scope: str  # epoch (step = epoch), run (a train run or trial), study (study run), tune (entry run), analyse
+    # epoch (step = epoch), run (a train run or trial), source (per sampling source: `<source>_<name>` on every run,
+    # `<model>_<source>_<name>` and `<model>_<alias>_<source>_<name>` in analyse), study (study run), pareto (study
+    # run of a multi-objective study), tune (entry run), analyse
+    scope: str
     meaning: str
 
 
@@ -36,9 +40,17 @@ METRICS = (
     Metric("active_units", "run", "latent units whose posterior mean varies over the data (Burda et al. 2016)"),
     Metric("active_fraction", "run", "active_units over latent_dim"),
     Metric("mutual_info", "run", "I(x; z) under q in nats, at most log N: what the latent keeps about x"),
+    Metric("mmd_floor", "run", "the squared MMD exact samplers score at the run's noise: what each mmd_ratio divides"),
+    Metric("mmd_ratio", "run", "the default source's mmd_ratio: the model's sample quality, the generative objective"),
+    Metric("mmd_ratio", "source", "squared MMD between samples and exact draws over the floor, mean over the sets"),
+    Metric("mmd_ratio_std", "source", "the sets' spread of mmd_ratio (its standard error: this / sqrt(sets))"),
+    Metric("c2st", "source", "held-out accuracy of a k-NN classifier telling samples from exact draws (0.5: alike)"),
+    Metric("copying", "source", "median sample-to-nearest-training-point distance over fresh points' (< 1: copies)"),
+    Metric("spacing", "source", "median distance between nearest samples over exact draws' (< 1: clumps)"),
+    Metric("on_moon", "source", "CVAE: share of samples on the requested moon (Bayes classifier; exact: 0.991)"),
     Metric("trial_val_mse", "study", "each complete trial's best_val_mse (step = trial number)"),
     Metric("best_val_mse", "study", "the best best_val_mse among trials up to this one (step = trial number)"),
-    Metric("best_trial", "study", "the number of that trial"),
+    Metric("best_trial", "study", "the number of that trial (of a multi-objective study: the registered generator)"),
     Metric("best_test_mse", "study", "that trial's test_mse"),
     Metric("best_test_kl", "study", "that trial's test_kl"),
     Metric("best_test_loss", "study", "that trial's test_loss"),
@@ -46,27 +58,26 @@ METRICS = (
     Metric("trials_pruned", "study", "trials the pruner stopped"),
     Metric("trials_fail", "study", "trials that failed (they do not count towards n_trials)"),
     Metric("wall_seconds", "study", "wall time of the last call on the study"),
-    Metric("best_val_mse", "tune", "per model: the study's best (on the `mlflow run` entry run with model=both)"),
+    Metric("trial_mmd_ratio", "pareto", "each complete trial's mmd_ratio, the second objective (step = trial number)"),
+    Metric("best_mmd_ratio", "pareto", "the lowest mmd_ratio among trials up to this one (step = trial number)"),
+    Metric("pareto_trials", "pareto", "trials on the Pareto front of the trials up to this one (step = trial number)"),
+    Metric(
+        "best_val_mse",
+        "tune",
+        "per model: the best trial's (generative: the generator's), on the entry run of model=both",
+    ),
+    Metric("best_mmd_ratio", "tune", "per model, generative space: the registered generator's mmd_ratio"),
     Metric("trials_complete", "tune", "per model: the study's complete trials"),
     Metric("wall_seconds", "tune", "per model: the study's wall time in this call"),
     Metric("test_mse", "analyse", "test_mse recomputed from the loaded model on its own test split"),
     Metric("test_kl", "analyse", "test_kl recomputed the same way"),
     Metric("fresh_mse", "analyse", "squared error on fresh points from the data generator"),
     Metric("fresh_kl", "analyse", "KL term on the same fresh points"),
-    Metric("mmd_bandwidth", "analyse", "the RBF kernel's bandwidth: median distance between the real points"),
-    Metric("mmd_floor", "analyse", "squared MMD between two independent real samples: what a perfect model reaches"),
-    Metric("prior_mmd", "analyse", "squared MMD between real points and samples decoded from z ~ N(0, I)"),
-    Metric("posterior_mmd", "analyse", "squared MMD between real points and aggregate-posterior samples"),
-    Metric("c2st_floor_accuracy", "analyse", "k-NN real-vs-real held-out accuracy: what indistinguishable gives"),
-    Metric("prior_c2st_accuracy", "analyse", "k-NN held-out accuracy telling real points from prior samples"),
-    Metric("posterior_c2st_accuracy", "analyse", "the same for aggregate-posterior samples"),
-    Metric("moon_classifier_accuracy", "analyse", "a k-NN moon classifier's accuracy on real points: the ceiling"),
-    Metric("prior_conditional_accuracy", "analyse", "CVAE: share of prior samples on the requested moon"),
-    Metric("posterior_conditional_accuracy", "analyse", "CVAE: the same for aggregate-posterior samples"),
+    Metric("mmd_floor", "analyse", "the MMD floor at the models' noise (per model, <model>_mmd_floor, if they differ)"),
     Metric("latent_moon_accuracy", "analyse", "5-fold k-NN accuracy of the moon read off the training latents"),
 )
 
-SCOPES = ("epoch", "run", "study", "tune", "analyse")
+SCOPES = ("epoch", "run", "source", "study", "pareto", "tune", "analyse")
 
 
 def names(scope: str) -> tuple[str, ...]:

@@ -140,12 +140,14 @@ def training_curves(histories: Mapping[str, Mapping[str, tuple[np.ndarray, np.nd
     return figure
 
 
-def grouped_bars(groups: Mapping[str, Mapping[str, float]], title: str, y_title: str) -> go.Figure:
-    """One bar per (category, group): e.g. parameter importances per study."""
+def grouped_bars(groups: Mapping[str, Mapping[str, float]], title: str, y_title: str, log_y: bool = False) -> go.Figure:
+    """One bar per (category, group): e.g. parameter importances per study; `log_y` for values spanning decades."""
     figure = go.Figure(
         [go.Bar(x=list(values), y=list(values.values()), name=group) for group, values in groups.items()]
     )
     figure.update_layout(title=title, barmode="group", yaxis_title=y_title, height=420, width=800, template=TEMPLATE)
+    if log_y:
+        figure.update_yaxes(type="log")
     return figure
 
 

@@ -22,8 +22,17 @@ from moonvae.tracking import Client
 class Progress:
     """The executor's watcher of one study: `poll` every second, `say` for its own lines."""
 
-    def __init__(self, study: optuna.Study, mlflow_client: Client, run_id: str, n_trials: int, call: str) -> None:
+    def __init__(
+        self,
+        study: optuna.Study,
+        mlflow_client: Client,
+        run_id: str,
+        n_trials: int,
+        call: str,
+        objectives: tuple[str, ...] = (studies.OBJECTIVE,),
+    ) -> None:
         self.study, self.mlflow_client, self.run_id = study, mlflow_client, run_id
+        self.objectives = objectives
         self.n_trials, self.call = n_trials, call  # call: whose trials get a line (other calls print theirs)
         self.seen: set[int] = set()  # finished trials already looked at
         trials = study.get_trials(deepcopy=False)
@@ -47,22 +56,21 @@ class Progress:
         for trial in sorted(ended, key=lambda trial: trial.datetime_complete or trial.datetime_start):
             self.seen.add(trial.number)
             if trial.user_attrs.get(WORKER_ATTR, {}).get("call") == self.call:
-                self.bar.write(trial_line(self.study.study_name, trial))
+                self.bar.write(trial_line(self.study.study_name, trial, self.objectives))
         states = Counter(trial.state for trial in trials)
         self.bar.n = min(states[TrialState.COMPLETE] + states[TrialState.PRUNED], self.n_trials)
-        values = [trial.value for trial in trials if trial.state == TrialState.COMPLETE and trial.value is not None]
-        best = {"best": f"{min(values):.5f}"} if values else {}
-        self.bar.set_postfix(best | {"failed": states[TrialState.FAIL]}, refresh=False)
+        self.bar.set_postfix(summary.best_so_far(self.study) | {"failed": states[TrialState.FAIL]}, refresh=False)
         self.bar.refresh()
-        logged = tracking.metric_steps(self.mlflow_client, self.run_id, studies.OBJECTIVE)  # other calls log too
-        for step, value in summary.convergence(self.study, logged).items():
-            tracking.log_metrics(self.mlflow_client, self.run_id, {studies.OBJECTIVE: value}, step=step)
+        first = f"best_{summary.short(self.objectives[0])}"
+        logged = tracking.metric_steps(self.mlflow_client, self.run_id, first)  # other calls log too
+        for step, best in summary.convergence(self.study, logged, self.objectives).items():
+            tracking.log_metrics(self.mlflow_client, self.run_id, best, step=step)
 
 
-def trial_line(study_name: str, trial: FrozenTrial) -> str:
+def trial_line(study_name: str, trial: FrozenTrial, objectives: tuple[str, ...] = (studies.OBJECTIVE,)) -> str:
     """`moonvae-vae-basic trial-007 complete: val_mse 0.00213 (4.1 s)`, or the reason it did not complete."""
-    if trial.state == TrialState.COMPLETE and trial.value is not None:
-        outcome = f"val_mse {trial.value:.5f}"
+    if trial.state == TrialState.COMPLETE and trial.values:
+        outcome = summary.values_text(objectives, trial.values)
     else:
         outcome = trial.user_attrs.get("reason", f"its worker stopped (no heartbeat for {studies.GRACE_SECONDS} s)")
     seconds = (trial.datetime_complete - trial.datetime_start).total_seconds() if trial.datetime_start else 0.0

@@ -6,6 +6,11 @@ What a logged model holds, and why:
 - `latents.pt`: the training split's q(z|x) (means, log-variances, labels), the bank that
   `source=posterior` samples from, and the traversal's reference statistics (per-dimension
   min, median and max of the training latents), computed once at logging time;
+- `mixture.pt`: the latent mixture `source=mixture` samples from (`density`), plain tensors;
+- `sources.json`: the validation judgement of every source and the default source it chose
+  (`generation`), also in the model's metadata (`source`, `sources`) and description. The
+  signature's default for `source` is that source, so omitting it samples from the best one;
+  a model logged before mixtures existed has neither file and samples from posterior or prior;
 - the model is logged "from code" (`model_code.py`), so loading runs that file rather than
   unpickling a Python object, and the moonvae package travels with it (`code_paths`), so it
   loads where moonvae is not installed.
@@ -32,13 +37,16 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
-from moonvae.config import RunConfig
+from moonvae.config import SOURCES, RunConfig
+from moonvae.density import sample_mixture
 from moonvae.models import VAE, LatentBank, build_model, latent_bank, traversal_latents
 
-if TYPE_CHECKING:
-    from moonvae.data import Split  # only a type: loading a model must not need scikit-learn
+if TYPE_CHECKING:  # only types: loading a model must not need scikit-learn
+    from moonvae.data import Split
+    from moonvae.generation import Judgement
 
-WEIGHTS, CONFIG, LATENTS = "weights", "config", "latents"
+WEIGHTS, CONFIG, LATENTS, MIXTURE, JUDGEMENT = "weights", "config", "latents", "mixture", "sources"
+LEGACY_SOURCE = "posterior"  # the default of models logged before they chose their own
 MODEL_CODE = Path(__file__).with_name("model_code.py")
 PACKAGE_DIR = Path(__file__).parent
 PIP_REQUIREMENTS = [  # explicit: what loading needs, with torch pinned as in pyproject.toml
@@ -49,12 +57,11 @@ PIP_REQUIREMENTS = [  # explicit: what loading needs, with torch pinned as in py
 ]
 
 MODES = ("sample", "reconstruct", "encode", "traverse")
-SOURCES = ("posterior", "prior")
 MAX_ROWS = 100_000  # rows in, and rows out for traverse (rows x dims x steps): bounds memory per request
 PARAMS = ParamSchema(
     [
         ParamSpec("mode", "string", "sample"),
-        ParamSpec("source", "string", "posterior"),  # sample: where z comes from
+        ParamSpec("source", "string", LEGACY_SOURCE),  # sample: where z comes from; each model logs its own default
         ParamSpec("seed", "long", None),  # sample, reconstruct with stochastic: unset draws fresh noise
         ParamSpec("stochastic", "boolean", False),  # reconstruct: z drawn from q(z|x) instead of its mean
         ParamSpec("logvar", "boolean", False),  # encode: add the log-variances
@@ -68,9 +75,11 @@ DESCRIPTION = f"""\
 A VAE or CVAE of scikit-learn's two moons. Input columns x1, x2 (floats) and label (0 or 1; required
 by the CVAE, optional for the VAE, which ignores it). params["mode"] chooses what predict does:
 - sample (default): one generated point per input row -> x1, x2. The CVAE draws from the moon named
-  by the row's label. source=posterior (default) draws z from the aggregate posterior (a training
-  point's q(z|x), noise scaled by eps_w: what the decoder was trained on); source=prior draws
-  z ~ N(0, I), which with a small eps_w lands far less often on the requested moon.
+  by the row's label. source chooses where z comes from: posterior, the aggregate posterior (a training
+  point's q(z|x), noise scaled by eps_w: what the decoder was trained on); prior, z ~ N(0, I), which
+  with a small eps_w lands far less often on the requested moon; mixture, a Gaussian mixture fitted to
+  the training latents. Unset, the model's default source: the one with the best validation sample
+  quality when it was logged (metadata "source"; every source's scores in metadata "sources").
 - reconstruct: x1, x2 -> x1, x2 decoded from the posterior mean (stochastic=true: from a draw of q(z|x)).
 - encode: x1, x2 -> z0 .. z{{d-1}}, the posterior mean (logvar=true adds logvar0 ..).
 - traverse: per input row, each latent dimension (or only dim) swept in `steps` steps (default 10)
@@ -105,23 +114,34 @@ def traversal_reference(latents: torch.Tensor) -> torch.Tensor:
 
 class MoonVAEModel(mlflow.pyfunc.PythonModel):
     """The served model. After loading: `network` (the torch VAE/CVAE, eval mode), `config` (RunConfig),
-    `bank` (LatentBank of the training split) and `reference` (the traversal's min/median/max rows)."""
+    `bank` (LatentBank of the training split), `reference` (the traversal's min/median/max rows),
+    `mixture` (the latent mixture's tensors, None in older models), `sources` (those the model holds)
+    and `default_source` (what `source` unset samples from)."""
 
     network: VAE
     config: RunConfig
     bank: LatentBank
     reference: torch.Tensor
+    mixture: dict[str, torch.Tensor] | None
+    sources: tuple[str, ...]
+    default_source: str
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         self.network, self.config = load_network(context.artifacts[WEIGHTS], context.artifacts[CONFIG])
         latents = torch.load(context.artifacts[LATENTS], weights_only=True)
         self.bank = LatentBank(latents["mean"], latents["logvar"], latents["y"])
         self.reference = latents["reference"]
+        mixture_path, judgement_path = context.artifacts.get(MIXTURE), context.artifacts.get(JUDGEMENT)
+        self.mixture = torch.load(mixture_path, weights_only=True) if mixture_path else None
+        self.sources = tuple(source for source in SOURCES if source != "mixture" or self.mixture is not None)
+        self.default_source = (
+            json.loads(Path(judgement_path).read_text())["default"] if judgement_path else LEGACY_SOURCE
+        )
 
     def predict(
         self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
-        options = {**DEFAULTS, **(params or {})}
+        options = {**DEFAULTS, "source": self.default_source, **(params or {})}
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         mode = options["mode"]
         if mode not in MODES:
@@ -159,14 +179,19 @@ class MoonVAEModel(mlflow.pyfunc.PythonModel):
 
     def _sample(self, n: int, labels: torch.Tensor | None, options: dict[str, Any]) -> pd.DataFrame:
         source = options["source"]
+        held = " or ".join(self.sources)
         if source not in SOURCES:
-            raise invalid(f"unknown source {source!r}: use posterior (the aggregate posterior) or prior (N(0, I))")
+            raise invalid(f"unknown source {source!r}: this model samples from {held}")
+        if source not in self.sources:
+            raise invalid(f"this model holds no latent {source} (it was logged before moonvae fitted one): use {held}")
         generator = make_generator(options["seed"])
+        y = labels if self.network.config.conditional else None  # the VAE ignores labels: it samples both moons
         if source == "prior":
             x = self.network.sample(n, labels, generator)
-        else:  # the VAE ignores labels: its bank entries are drawn from both moons
-            y = labels if self.network.config.conditional else None
+        elif source == "posterior":
             x = self.network.sample_posterior(self.bank, n, y, generator)
+        else:
+            x = self.network.decode(sample_mixture(self.mixture, n, y, generator), y)
         return xy_frame(x)
 
     def _reconstruct(self, x: torch.Tensor, labels: torch.Tensor | None, options: dict[str, Any]) -> pd.DataFrame:
@@ -246,8 +271,8 @@ def make_generator(seed: int | None) -> torch.Generator:
     return generator
 
 
-def signature() -> ModelSignature:
-    """Inputs and params; outputs differ per mode (see DESCRIPTION), so none are declared."""
+def signature(default_source: str) -> ModelSignature:
+    """Inputs and params, `source` defaulting to the model's own; outputs differ per mode (see DESCRIPTION)."""
     inputs = Schema(
         [
             ColSpec("double", "x1", required=False),
@@ -255,7 +280,8 @@ def signature() -> ModelSignature:
             ColSpec("long", "label", required=False),
         ]
     )
-    return ModelSignature(inputs=inputs, params=PARAMS)
+    params = [ParamSpec(p.name, p.dtype, default_source) if p.name == "source" else p for p in PARAMS.params]
+    return ModelSignature(inputs=inputs, params=ParamSchema(params))
 
 
 def input_example(train: Split) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -266,19 +292,37 @@ def input_example(train: Split) -> tuple[pd.DataFrame, dict[str, Any]]:
     return frame, {"mode": "sample", "seed": 0}
 
 
-def log_model(run_id: str, network: VAE, config: RunConfig, train: Split, name: str = "model") -> ModelInfo:
-    """Log the network, its training latents and config to the run (no active run needed: trials run in threads)."""
+def log_model(
+    run_id: str,
+    network: VAE,
+    config: RunConfig,
+    train: Split,
+    *,
+    mixture: dict[str, torch.Tensor],
+    judgement: Judgement,
+    name: str = "model",
+) -> ModelInfo:
+    """Log the network, latents, mixture, judgement and config to the run (no active run needed: trials use threads).
+
+    The judgement's default source becomes the signature's default for `source`, and its
+    figures the model's description (metadata `description`, `source`, `sources`).
+    """
     bank = latent_bank(network, train.x, train.y)
     latents = {"mean": bank.mean, "logvar": bank.logvar, "y": bank.y, "reference": traversal_reference(bank.mean)}
+    sources = {"default": judgement.default, "sets": judgement.sets, "scores": judgement.scores}
     with tempfile.TemporaryDirectory() as tmp:
         files = {
             WEIGHTS: Path(tmp) / "weights.pt",
             CONFIG: Path(tmp) / "config.json",
             LATENTS: Path(tmp) / "latents.pt",
+            MIXTURE: Path(tmp) / "mixture.pt",
+            JUDGEMENT: Path(tmp) / "sources.json",
         }
         torch.save(network.state_dict(), files[WEIGHTS])
         files[CONFIG].write_text(json.dumps(config.to_dict(), indent=2))
         torch.save(latents, files[LATENTS])
+        torch.save(mixture, files[MIXTURE])
+        files[JUDGEMENT].write_text(json.dumps(sources, indent=2))
         # created here so it belongs to the run's experiment: Model.log alone would put it in the fluent
         # API's current experiment, which is Default for a run made through the client
         run = MlflowClient().get_run(run_id)
@@ -294,8 +338,18 @@ def log_model(run_id: str, network: VAE, config: RunConfig, train: Split, name: 
             python_model=str(MODEL_CODE),
             code_paths=[str(PACKAGE_DIR)],
             artifacts={key: str(path) for key, path in files.items()},
-            signature=signature(),
+            signature=signature(judgement.default),
             input_example=input_example(train),
             pip_requirements=PIP_REQUIREMENTS,
-            metadata={"description": DESCRIPTION, "model": config.model.model},
+            metadata={
+                "description": f"{DESCRIPTION}\n{judgement.note()}",
+                "model": config.model.model,
+                "source": judgement.default,
+                "sources": {source: rounded(scores) for source, scores in judgement.scores.items()},
+            },
         )
+
+
+def rounded(scores: dict[str, float]) -> dict[str, float]:
+    """Scores to 4 significant digits, for the MLmodel file (NaN, a spread of one set, left out: YAML has no NaN)."""
+    return {key: float(f"{value:.4g}") for key, value in scores.items() if value == value}

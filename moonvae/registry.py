@@ -1,15 +1,21 @@
 """Registered model names and aliases: the one place that says what users load.
 
-`models:/moonvae-{kind}@champion` is the best reconstruction of the basic search.
-Studies that change the data or the loss have their own alias, so a model
-trained on other data never silently becomes the default. Pure naming policy:
+`models:/moonvae-{kind}@champion` is the best reconstruction of the basic search;
+`models:/moonvae-{kind}@generator` the best sampler of the generative search (the rule:
+`generator_trial`). Studies that change the data or the loss have their own alias, so a
+model trained on other data never silently becomes the default. Pure naming policy:
 the registering itself is `tracking`'s job.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 CHAMPION = "champion"  # the alias users load: the basic search's best model
+GENERATOR = "generator"  # the generative search's best sampler among its good reconstructions
 DEFAULT_SPACE = "basic"  # the search whose best becomes the champion
+GENERATIVE_SPACE = "generative"  # the search whose Pareto front gives the generator
+GENERATOR_MSE_FACTOR = 2.0  # the generator reconstructs within this factor of the study's best validation MSE
 DESCRIPTION = "A VAE or CVAE on the two-moons data, tuned by moonvae"
 
 
@@ -19,8 +25,23 @@ def model_name(kind: str) -> str:
 
 
 def alias_for(space: str) -> str:
-    """`champion` for the basic space; the others change the data or the loss, so their best gets its own alias."""
-    return CHAMPION if space == DEFAULT_SPACE else f"best-{space}"
+    """`champion` for the basic space, `generator` for the generative one; the others change the data or the
+    loss, so their best gets its own alias."""
+    return {DEFAULT_SPACE: CHAMPION, GENERATIVE_SPACE: GENERATOR}.get(space, f"best-{space}")
+
+
+def generator_trial(front: Sequence[tuple[int, float, float]]) -> int | None:
+    """The generator among Pareto trials (number, validation MSE, MMD ratio): the lowest MMD ratio among the
+    trials whose validation MSE is within GENERATOR_MSE_FACTOR of the best (which the front always holds).
+
+    A sampler that reconstructs badly is not what users want from a VAE, however good its samples;
+    within the bound, sample quality decides. Ties go to the lower MSE, then the earlier trial.
+    """
+    if not front:
+        return None
+    bound = GENERATOR_MSE_FACTOR * min(mse for _, mse, _ in front)
+    eligible = [(ratio, mse, number) for number, mse, ratio in front if mse <= bound]
+    return min(eligible)[2]
 
 
 def model_uri(kind: str, alias: str = CHAMPION) -> str:

@@ -37,7 +37,7 @@ from moonvae.config import MODELS, N_TRIALS, ConfigError, RunConfig
 from moonvae.experiment import run_training
 from moonvae.progress import Progress
 from moonvae.spaces import SPACES, Space
-from moonvae.studies import MODEL_ID_ATTR, RUN_ID_ATTR, WORKER_ATTR, Target
+from moonvae.studies import MODEL_ID_ATTR, RUN_ID_ATTR, SOURCE_ATTR, WORKER_ATTR, Target
 from moonvae.tracking import Client
 from moonvae.train import EpochMetrics, one_torch_thread
 
@@ -49,7 +49,7 @@ STUDY_RUN_WAIT_SECONDS = 60  # how long a worker waits for the creator of a new 
 STORAGE_ENV = "MOONVAE_STORAGE"  # how a worker learns the storage URL: it may hold a password, so not as an argument
 DATA_PARAMS = {"n_samples", "noise", "data_seed"}  # a space that varies these gives each trial its own data
 STATE_TAG = "optuna.state"
-TRIAL_ATTRS = ("test_mse", "test_kl", "train_mse", "active_units", "mutual_info")  # kept with each trial
+TRIAL_ATTRS = ("test_mse", "test_kl", "train_mse", "active_units", "mutual_info", "mmd_ratio")  # kept with each trial
 
 
 @dataclass
@@ -137,6 +137,11 @@ def plan(
     _require(timeout is None or timeout > 0, f"timeout must be a number of seconds > 0, got {timeout!r}")
     _require(pruner in spaces.PRUNERS, f"pruner must be one of {', '.join(spaces.PRUNERS)}, got {pruner!r}")
     _require(
+        pruner in ("auto", "none") or not search_space.multi_objective,
+        f"the {space} space has {len(search_space.objectives)} objectives and Optuna does not prune multi-objective "
+        "studies: use pruner=none (or auto)",
+    )
+    _require(
         model == "both" or model in search_space.models,
         f"the {space} space is run for {', '.join(search_space.models)} only, got model {model!r}",
     )
@@ -157,7 +162,7 @@ def plan(
         identity = {key: value for key, value in config.params().items() if key not in varied}
         identity["space"] = space
         name = studies.study_name(one, space, study_base, both=model == "both")
-        targets.append(Target(one, space, name, {**fixed, "model": one}, identity))
+        targets.append(Target(one, space, name, {**fixed, "model": one}, identity, search_space.objectives))
     size = search_space.size
     wanted = N_TRIALS if n_trials is None else n_trials
     storage_url = storage or studies.default_storage()
@@ -305,7 +310,7 @@ def _run_study(
         )
         env = {STORAGE_ENV: plan.storage_url, "MLFLOW_TRACKING_URI": tracking.tracking_uri()}
         env["MLFLOW_EXPERIMENT_ID"] = tracking.experiment_id(mlflow_client)  # trials go where their study run is
-        with Progress(study, mlflow_client, study_run_id, plan.n_trials, order.call) as progress:
+        with Progress(study, mlflow_client, study_run_id, plan.n_trials, order.call, plan.space.objectives) as progress:
             plan.runner.run(work, order, plan.workers, plan.n_jobs, env, progress)
         result = summary.summarise(study, mlflow_client, study_run_id, target, time.monotonic() - started)
     return result
@@ -434,7 +439,7 @@ def _grid_point_available(site: _Worksite) -> bool:
 
 def _run_trial(site: _Worksite, trial: optuna.Trial) -> None:
     """Train one trial in its own MLflow run, nested under the study run, and tell Optuna how it ended."""
-    state, value, reason, run_id = TrialState.FAIL, None, "", None
+    state, values, reason, run_id = TrialState.FAIL, None, "", None
     tags = {"moonvae.kind": "trial", "optuna.study": site.target.name, "optuna.trial": str(trial.number)}
     tags |= {"moonvae.model": site.target.model}
     interrupted = False
@@ -451,15 +456,16 @@ def _run_trial(site: _Worksite, trial: optuna.Trial) -> None:
         ):
             trial.set_user_attr(RUN_ID_ATTR, run_id)
             trial.set_user_attr(WORKER_ATTR, site.worker)
-            values = site.plan.space.config_values(trial.params)
-            config = RunConfig.from_flat({**site.target.fixed, **values}).validate()
+            searched = site.plan.space.config_values(trial.params)
+            config = RunConfig.from_flat({**site.target.fixed, **searched}).validate()
             outcome = run_training(config, site.mlflow_client, run_id, on_epoch=_reporter(site, trial))
             if outcome.model_info is not None:
                 trial.set_user_attr(MODEL_ID_ATTR, outcome.model_info.model_id)
             final = outcome.final_metrics()
             for key in TRIAL_ATTRS:  # the findings read these from the study alone
                 trial.set_user_attr(key, final[key])
-        state, value = TrialState.COMPLETE, outcome.result.best_val_mse
+            trial.set_user_attr(SOURCE_ATTR, outcome.judgement.default)
+        state, values = TrialState.COMPLETE, [final[name] for name in site.plan.space.objectives]
     except optuna.TrialPruned as pruned:
         state, reason = TrialState.PRUNED, str(pruned)
     except KeyboardInterrupt:
@@ -468,10 +474,10 @@ def _run_trial(site: _Worksite, trial: optuna.Trial) -> None:
         reason = f"{type(error).__name__}: {error}"
     if reason:
         trial.set_user_attr("reason", reason[:1000])
-    site.study.tell(trial, value, state=state)
+    site.study.tell(trial, values, state=state)
     if run_id:
         tracking.set_tag(site.mlflow_client, run_id, STATE_TAG, state.name)
-    _report_progress(site, trial.number, state, value, reason)
+    _report_progress(site, trial.number, state, values, reason)
     if interrupted:
         site.stop.set()
         if threading.current_thread() is threading.main_thread():
@@ -479,12 +485,15 @@ def _run_trial(site: _Worksite, trial: optuna.Trial) -> None:
 
 
 def _reporter(site: _Worksite, trial: optuna.Trial) -> Callable[[EpochMetrics], None]:
-    """Per epoch: stop on Ctrl-C elsewhere; every REPORT_EVERY epochs report val MSE and maybe prune."""
+    """Per epoch: stop on Ctrl-C elsewhere; every REPORT_EVERY epochs report val MSE and maybe prune.
+
+    Multi-objective studies are never pruned: Optuna's Trial.report refuses them.
+    """
 
     def on_epoch(metrics: EpochMetrics) -> None:
         if site.stopping():
             raise KeyboardInterrupt
-        if (metrics.epoch + 1) % REPORT_EVERY == 0:
+        if (metrics.epoch + 1) % REPORT_EVERY == 0 and not site.plan.space.multi_objective:
             trial.report(metrics.val_mse, metrics.epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {metrics.epoch} (val_mse {metrics.val_mse:.5f})")
@@ -492,14 +501,15 @@ def _reporter(site: _Worksite, trial: optuna.Trial) -> Callable[[EpochMetrics], 
     return on_epoch
 
 
-def _report_progress(site: _Worksite, number: int, state: TrialState, value: float | None, reason: str) -> None:
-    """Count failures in a row, log the trial's value on the study run, and wake the workers waiting for a place."""
+def _report_progress(site: _Worksite, number: int, state: TrialState, values: list[float] | None, reason: str) -> None:
+    """Count failures in a row, log the trial's objectives on the study run, and wake the workers waiting."""
     with site.gate:
         if state == TrialState.FAIL:
             site.failures_in_row += 1
             site.last_failure = reason
         else:
             site.failures_in_row = 0
-        if value is not None:
-            tracking.log_metrics(site.mlflow_client, site.run_id, {"trial_val_mse": value}, step=number)
+        if values is not None:
+            trial_metrics = summary.trial_metrics(site.plan.space.objectives, values)
+            tracking.log_metrics(site.mlflow_client, site.run_id, trial_metrics, step=number)
         site.gate.notify_all()

@@ -18,6 +18,8 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import FrozenTrial, TrialState
 
 PRUNERS = ("auto", "median", "hyperband", "none")  # auto: the space's own default
+RECONSTRUCTION = ("best_val_mse",)  # what a study minimises: a trial's metrics, in order
+GENERATION = ("best_val_mse", "mmd_ratio")  # reconstruction and the default source's sample quality (validation)
 PRUNE_AFTER_EPOCHS = 50  # no pruning before this epoch: early curves rank trials poorly
 MEDIAN_STARTUP_TRIALS = 5  # finished trials the median pruner needs before it prunes
 TPE_STARTUP_TRIALS = 10  # random trials before TPE models the space, as in the study
@@ -40,6 +42,12 @@ class Space:
     models: tuple[str, ...] = ("vae", "cvae")  # the model kinds the space is run for
     defaults: dict[str, Any] = field(default_factory=dict)  # training values fixed unless the user fixes others
     tied: dict[str, str] = field(default_factory=dict)  # a training value that follows a searched one (data_seed: seed)
+    objectives: tuple[str, ...] = RECONSTRUCTION  # trial metrics the study minimises; several: a Pareto front
+
+    @property
+    def multi_objective(self) -> bool:
+        """Optuna prunes single-objective studies only (Trial.report refuses several objectives)."""
+        return len(self.objectives) > 1
 
     def config_values(self, params: dict[str, Any]) -> dict[str, Any]:
         """A trial's searched values, with the tied values that follow them."""
@@ -70,10 +78,11 @@ BASIC = {
     "latent_dim": CategoricalDistribution(WIDTHS),
     "decoder_hidden": CategoricalDistribution(WIDTHS),
 }
+GENERATIVE = BASIC | {"eps_w": FloatDistribution(1e-3, 1.0, log=True), "beta": FloatDistribution(0.01, 10.0, log=True)}
 FINDINGS_EPOCHS = {"max_epochs": 300}  # the findings' studies: long enough to converge, short enough for 45 minutes
 FINDINGS_WIDTHS = (2, 4, 8, 32, 128)  # small (<= 8), large (>= 32) and tiny (<= 4) widths for findings 2-4
 
-# The study's three searches, then the studies designed for its findings (README: Tune, Findings).
+# The study's three searches, the studies designed for its findings (README: Tune, Findings), then generation's.
 SPACES = {
     "basic": Space("basic", "tpe", BASIC, pruner="median"),
     "data": grid_space("data", {"n_samples": (200, 2000, 20000), "noise": (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)}),
@@ -106,6 +115,8 @@ SPACES = {
         {"eps_w": (0.001, 0.01, 0.1, 0.3, 1.0), "beta": (0.1, 1.0, 10.0, 100.0), "seed": (1, 2, 3)},
         defaults=FINDINGS_EPOCHS,
     ),
+    # multi-objective TPE, unpruned: reconstruction against sample quality, the Pareto front's best sampler registered
+    "generative": Space("generative", "tpe", GENERATIVE, objectives=GENERATION),
 }
 
 

@@ -30,10 +30,11 @@ HEARTBEAT_SECONDS = int(os.environ.get("MOONVAE_HEARTBEAT_SECONDS", "30"))
 GRACE_SECONDS = int(os.environ.get("MOONVAE_GRACE_SECONDS", "120"))  # no heartbeat for this long: a dead worker
 OPEN_ATTEMPTS = 4  # tries to open a storage whose tables another worker is creating
 
-OBJECTIVE = "best_val_mse"  # what every study minimises, named so optuna-dashboard shows it
+OBJECTIVE = "best_val_mse"  # what every study minimises (the generative one also mmd_ratio), named for optuna-dashboard
 RUN_ID_ATTR = "mlflow_run_id"  # trial and study user attrs linking Optuna to MLflow
 MODEL_ID_ATTR = "mlflow_model_id"
 WORKER_ATTR = "moonvae.worker"  # the worker that ran a trial: {call, host, pid}
+SOURCE_ATTR = "source"  # trial user attr: the trial model's default sampling source
 MODEL_ATTR, SPACE_ATTR, CONFIG_ATTR = "moonvae.model", "moonvae.space", "moonvae.config"
 CREATED_ATTR = "moonvae.created"  # when the study was created (seconds since the epoch)
 NEW_SECONDS = 120  # a study younger than this, without trials, may still be getting its MLflow run
@@ -106,6 +107,7 @@ class Target:
     name: str
     fixed: dict[str, Any]  # training values every trial shares, model included
     identity: dict[str, str]  # what a resumed study must match: model, space and fixed values as params
+    objectives: tuple[str, ...] = (OBJECTIVE,)  # the trial metrics the study minimises, in order
 
 
 def load(storage: RDBStorage | str, name: str) -> optuna.Study | None:
@@ -135,13 +137,14 @@ def create(storage: RDBStorage, target: Target) -> tuple[optuna.Study, bool]:
     started at the same instant agree on who opens the study's MLflow run.
     """
     try:
-        study = optuna.create_study(storage=storage, study_name=target.name, direction="minimize")
+        directions = ["minimize"] * len(target.objectives)
+        study = optuna.create_study(storage=storage, study_name=target.name, directions=directions)
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=target.name, storage=storage)
         if CONFIG_ATTR in study.user_attrs:
             check_identity(study, target)
         return study, False
-    study.set_metric_names([OBJECTIVE])
+    study.set_metric_names(list(target.objectives))
     mark(study, target.model, target.space, target.identity)
     return study, True
 

@@ -309,20 +309,22 @@ def register_model(
 ) -> str:
     """Register a logged model as a new version of `name`, optionally moving `alias` to it; returns the version.
 
-    The version keeps the run it came from and the logged model's id, so the UI links all three.
-    A new registered model takes `description`, or else the one the logged model carries in its metadata.
+    The version keeps the run it came from and the logged model's id, so the UI links all three, and
+    the logged model's description (which names its default sampling source, with the figures).
+    A new registered model takes `description`, or else that of the logged model.
     """
-    description = description or (model_info.metadata or {}).get("description")
+    own = (model_info.metadata or {}).get("description")
     try:
         mlflow_client.get_registered_model(name)
     except mlflow.exceptions.MlflowException:
-        mlflow_client.create_registered_model(name, description=description)
+        mlflow_client.create_registered_model(name, description=description or own)
     version = mlflow_client.create_model_version(
         name,
         model_info.model_uri,
         run_id=model_info.run_id,
         model_id=model_info.model_id,
         tags={key: str(value) for key, value in (tags or {}).items()},
+        description=own,
     ).version
     if alias:
         mlflow_client.set_registered_model_alias(name, alias, version)
@@ -343,6 +345,15 @@ def registered_version(mlflow_client: MlflowClient, name: str, model_id: str) ->
     # the sqlite registry keeps the logged model as the version's source, not as model_id
     found = [version.version for version in versions if version.source == f"models:/{model_id}"]
     return str(min(found, key=int)) if found else None
+
+
+def registered_aliases(mlflow_client: MlflowClient, name: str) -> dict[str, str]:
+    """The aliases of a registered model, {alias: version}, sorted by alias; empty when `name` is not registered."""
+    try:
+        aliases = mlflow_client.get_registered_model(name).aliases
+    except mlflow.exceptions.MlflowException:
+        return {}
+    return {alias: str(aliases[alias]) for alias in sorted(aliases)}
 
 
 def set_alias(mlflow_client: MlflowClient, name: str, alias: str, version: str) -> None:

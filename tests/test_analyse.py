@@ -5,6 +5,7 @@ from dataclasses import replace
 
 import nbclient
 import nbformat
+import pandas as pd
 import pytest
 from browser import dump_dom
 from conftest import ROOT, mlflow_run, moonvae
@@ -17,13 +18,14 @@ from moonvae.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from moonvae.experiment import run_training
 from moonvae.train import evaluate
 
-# the metrics the issue names, and the rest of the family
+# the reconstruction metrics, each source's sample quality, and the registered aliases' sources
 EXPECTED_METRICS = {
-    "vae_test_mse", "vae_test_kl", "cvae_test_mse", "cvae_test_kl", "vae_fresh_mse", "cvae_fresh_mse",
-    "vae_prior_mmd", "vae_posterior_mmd", "cvae_prior_mmd", "cvae_posterior_mmd", "mmd_floor",
-    "vae_prior_c2st_accuracy", "vae_posterior_c2st_accuracy", "cvae_prior_c2st_accuracy",
-    "cvae_posterior_c2st_accuracy", "cvae_prior_conditional_accuracy", "cvae_posterior_conditional_accuracy",
+    "vae_test_mse", "vae_test_kl", "cvae_test_mse", "cvae_test_kl", "vae_fresh_mse", "cvae_fresh_mse", "mmd_floor",
+    "vae_prior_mmd_ratio", "vae_posterior_mmd_ratio", "vae_mixture_mmd_ratio", "cvae_mixture_mmd_ratio",
+    "vae_mixture_c2st", "cvae_posterior_c2st", "vae_posterior_copying", "cvae_mixture_spacing",
+    "cvae_prior_on_moon", "cvae_posterior_on_moon", "cvae_mixture_on_moon",
     "vae_latent_moon_accuracy", "cvae_latent_moon_accuracy",
+    "vae_champion_mixture_mmd_ratio", "cvae_champion_posterior_on_moon", "cvae_generator_mixture_copying",
 }  # fmt: skip
 
 
@@ -41,8 +43,9 @@ def registry(tmp_path_factory):
             )
             with tracking.run(client, f"train-{kind}") as run_id:
                 outcome = run_training(config, client, run_id)
-            tracking.register_model(client, outcome.model_info, f"moonvae-{kind}")
+            version = tracking.register_model(client, outcome.model_info, f"moonvae-{kind}")
             run_ids[kind] = run_id
+        tracking.set_alias(client, "moonvae-cvae", "generator", version)  # one version, two aliases
         write_studies(f"sqlite:///{root / 'optuna.db'}")
     return root, run_ids
 
@@ -63,15 +66,24 @@ def test_analyse_logs_metrics_findings_and_a_report_that_renders(registry):
     assert run.info.status == "FINISHED"
     assert set(run.data.metrics) >= EXPECTED_METRICS
     metrics = run.data.metrics
-    assert metrics["mmd_floor"] < metrics["cvae_posterior_mmd"]
-    assert metrics["cvae_posterior_conditional_accuracy"] > 0.8
+    assert metrics["cvae_posterior_mmd_ratio"] < metrics["cvae_prior_mmd_ratio"]
+    assert metrics["cvae_posterior_on_moon"] > 0.8 and metrics["cvae_mixture_on_moon"] > 0.8
+    # the aliases of one version are judged once, the analysed champion reused
+    for score in ("mmd_ratio", "c2st", "copying", "on_moon"):
+        assert metrics[f"cvae_generator_mixture_{score}"] == metrics[f"cvae_champion_mixture_{score}"]
+        assert metrics[f"cvae_champion_mixture_{score}"] == metrics[f"cvae_mixture_{score}"]
     # the champions' own test error, recomputed from the registered model and the rebuilt split
     for kind in ("vae", "cvae"):
         trained = client.get_run(run_ids[kind]).data.metrics["test_mse"]
         assert metrics[f"{kind}_test_mse"] == pytest.approx(trained, rel=1e-5)
     assert run.data.params["vae"] == run_ids["vae"] and run.data.params["n_eval"] == "400"
     assert run.data.params["cvae"] == "models:/moonvae-cvae@champion"
-    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"report.html", "findings.csv", "metrics.csv"}
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert artifacts == {"report.html", "findings.csv", "metrics.csv", "sources.csv"}
+    table = pd.read_csv(client.download_artifacts(run.info.run_id, "sources.csv", str(root)))
+    assert table["model"].tolist() == ["exact sampler"] + ["vae@champion"] * 3 + ["cvae@champion,generator"] * 3
+    assert table.loc[0, "mmd_ratio"] < 2 and abs(table.loc[0, "c2st"] - 0.5) < 0.03  # what ideal scores
+    assert (table.groupby("model")["default"].count().drop("exact sampler") == 1).all()  # one default per model
     assert "studies read: moonvae-cvae-basic (cvae basic, 40 complete trials), moonvae-cvae-data" in done.stdout
     verdicts = re.findall(r"finding (\d): ([a-z ]+)", done.stdout)
     assert [number for number, _ in verdicts] == [str(n) for n in range(1, 10)]
@@ -166,17 +178,17 @@ def test_report_notebook_runs_on_the_registered_models(registry, monkeypatch):
     figures = [output for output in outputs if "application/json" in output.get("data", {})]
     assert len(figures) >= 8 + 4
     text = "".join(output.get("text", "") + str(output.get("data", {}).get("text/plain", "")) for output in outputs)
-    assert "cvae_posterior_conditional_accuracy" in text
+    assert "cvae_posterior_on_moon" in text and "cvae@champion" in text
     assert "moonvae-vae-basic" in text and re.search(r"\b(reproduced|refuted|inconclusive)\b", text)
 
 
 def test_metrics_read_side_by_side():
     table = analyse.metrics_by_model(
-        {"vae_test_mse": 0.1, "cvae_test_mse": 0.2, "cvae_prior_conditional_accuracy": 0.6, "mmd_floor": 0.001}
+        {"vae_test_mse": 0.1, "cvae_test_mse": 0.2, "cvae_prior_on_moon": 0.6, "mmd_floor": 0.001}
     )
     assert table.to_dict("records") == [
         {"metric": "test_mse", "vae": 0.1, "cvae": 0.2},
-        {"metric": "prior_conditional_accuracy", "vae": "", "cvae": 0.6},
+        {"metric": "prior_on_moon", "vae": "", "cvae": 0.6},
         {"metric": "mmd_floor", "vae": 0.001, "cvae": 0.001},
     ]
 

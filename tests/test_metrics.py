@@ -3,9 +3,10 @@
 import re
 
 import pytest
-from conftest import ROOT
+from conftest import FLOORS, ROOT
 
 from moonvae import data, evaluate, metrics
+from moonvae.config import SOURCES
 from moonvae.experiment import Outcome
 from moonvae.models import build_model, latent_bank
 from moonvae.train import fit
@@ -22,18 +23,20 @@ def trained(tmp_path_factory):
     return config, moons, network, result
 
 
-def test_epoch_and_run_metrics_are_the_defined_ones(trained):
-    _, moons, network, result = trained
+def test_epoch_run_and_source_metrics_are_the_defined_ones(trained):
+    config, moons, network, result = trained
     assert tuple(result.history[0].as_dict()) == metrics.names("epoch")
-    outcome = Outcome.measure(network, result, moons)
+    outcome = Outcome.measure(network, result, moons, config, floor_cache=FLOORS)
     assert tuple(outcome.final_metrics()) == metrics.names("run")
+    expected = {f"{source}_{name}" for source in SOURCES for name in metrics.names("source")}
+    assert set(outcome.source_metrics()) == expected  # a CVAE: on_moon too
 
 
 def test_analyse_metrics_are_the_defined_ones(trained):
     config, moons, network, _ = trained
     bank = latent_bank(network, moons.train.x, moons.train.y)
     values, _ = evaluate.evaluate_model(network, bank, moons, config.data, n=200)
-    assert set(values) | {"latent_moon_accuracy"} == set(metrics.names("analyse"))
+    assert set(values) | {"latent_moon_accuracy", "mmd_floor"} == set(metrics.names("analyse"))
 
 
 def test_the_readme_table_lists_every_metric_once():

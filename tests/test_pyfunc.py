@@ -20,11 +20,11 @@ from conftest import moonvae, subprocess_env
 from mlflow.exceptions import MlflowException
 from sklearn.datasets import make_moons
 from sklearn.neighbors import KNeighborsClassifier
-from trained import tracking_store, train_and_register
+from trained import older_model, tracking_store, train_and_register
 
-from moonvae import pyfunc, tracking
+from moonvae import pyfunc, quality, tracking
 from moonvae.cli import main
-from moonvae.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from moonvae.config import SOURCES, DataConfig, ModelConfig, RunConfig, TrainConfig
 from moonvae.models import CVAE, traversal_latents
 
 # Small enough to train in about a second, good enough that CVAE samples land on their moon
@@ -83,11 +83,12 @@ def test_the_loaded_model_exposes_network_config_and_bank(registered):
 
 def test_signature_description_requirements_and_example(registered):
     client, found = registered
-    model, run, _ = found["cvae"]
+    model, run, outcome = found["cvae"]
+    default = outcome.judgement.default
     params = {spec.name: spec.default for spec in model.metadata.signature.params.params}
     assert params == {
         "mode": "sample",
-        "source": "posterior",
+        "source": default,  # each model's own: the source it samples from when none is asked for
         "seed": None,
         "stochastic": False,
         "logvar": False,
@@ -95,12 +96,15 @@ def test_signature_description_requirements_and_example(registered):
         "steps": 10,
     }
     assert {col.name for col in model.metadata.signature.inputs.inputs} == {"x1", "x2", "label"}
-    assert model.metadata.metadata["description"] == pyfunc.DESCRIPTION
+    metadata = model.metadata.metadata
+    assert metadata["description"] == f"{pyfunc.DESCRIPTION}\n{outcome.judgement.note()}"
+    assert metadata["source"] == default and set(metadata["sources"]) == set(SOURCES)
     assert client.get_registered_model("moonvae-cvae").description == pyfunc.DESCRIPTION
     for mode in pyfunc.MODES:
         assert f"- {mode}" in pyfunc.DESCRIPTION
     version = client.get_model_version_by_alias("moonvae-cvae", "champion")
     assert version.run_id == run.info.run_id
+    assert version.description == metadata["description"]  # the version says which source, with the figures
     local = Path(mlflow.artifacts.download_artifacts("models:/moonvae-cvae@champion"))
     requirements = (local / "requirements.txt").read_text().split()
     assert "torch==2.13.0" in requirements and not any("+cpu" in line for line in requirements)
@@ -110,8 +114,29 @@ def test_signature_description_requirements_and_example(registered):
     assert not list(local.rglob("*.pkl"))  # nothing pickled: the model is rebuilt from code
 
 
+def test_the_model_samples_by_default_from_the_source_its_run_judged_best(registered):
+    _, found = registered
+    for kind, (model, run, outcome) in found.items():
+        default = model.metadata.metadata["source"]
+        inner = model.unwrap_python_model()
+        assert run.data.tags["moonvae.source"] == default == inner.default_source
+        local = Path(mlflow.artifacts.download_artifacts(f"models:/moonvae-{kind}@champion"))
+        judged = json.loads((local / "artifacts" / "sources.json").read_text())
+        assert judged["default"] == default and judged["sets"] == quality.TRIAL_SETS
+        for source in SOURCES:
+            assert run.data.metrics[f"{source}_mmd_ratio"] == pytest.approx(judged["scores"][source]["mmd_ratio"])
+        assert run.data.metrics["mmd_ratio"] == pytest.approx(judged["scores"][default]["mmd_ratio"])
+        unset = model.predict(labels(20), params={"seed": 1})
+        pd.testing.assert_frame_equal(unset, model.predict(labels(20), params={"seed": 1, "source": default}))
+        other = next(source for source in SOURCES if source != default)
+        assert not unset.equals(model.predict(labels(20), params={"seed": 1, "source": other}))
+        mixture = torch.load(local / "artifacts" / "mixture.pt", weights_only=True)  # plain tensors
+        assert all(torch.equal(mixture[key], outcome.mixture[key]) for key in outcome.mixture)
+        assert all(torch.equal(inner.mixture[key], outcome.mixture[key]) for key in outcome.mixture)
+
+
 @pytest.mark.parametrize("kind", ["vae", "cvae"])
-@pytest.mark.parametrize("source", ["posterior", "prior"])
+@pytest.mark.parametrize("source", SOURCES)
 def test_sample_shapes_and_seeds(registered, kind, source):
     model = registered[1][kind][0]
     request = labels(50)
@@ -132,7 +157,7 @@ def test_the_vae_samples_without_labels(vae):
 
 def test_the_cvae_draws_each_moon_from_its_own_bank_entries(cvae):
     inner = cvae.unwrap_python_model()
-    got = cvae.predict(labels(6), params={"seed": 11})
+    got = cvae.predict(labels(6), params={"seed": 11, "source": "posterior"})
     expected = inner.network.sample_posterior(
         inner.bank, 6, torch.tensor(labels(6)["label"].to_numpy()), torch.Generator().manual_seed(11)
     )
@@ -149,11 +174,11 @@ def test_cvae_samples_land_on_the_requested_moon(cvae):
     classifier = moon_classifier(CONFIG.data.noise)
     request = labels(2000)
     rate = {}
-    for source in ("posterior", "prior"):
+    for source in SOURCES:
         points = cvae.predict(request, params={"source": source, "seed": 0})
         rate[source] = (classifier.predict(points[["x1", "x2"]].to_numpy()) == request["label"].to_numpy()).mean()
-    assert rate["posterior"] >= 0.95, rate
-    assert rate["prior"] < rate["posterior"], rate  # why posterior is the default
+    assert rate["posterior"] >= 0.95 and rate["mixture"] >= 0.95, rate
+    assert rate["prior"] < min(rate["posterior"], rate["mixture"]), rate  # why the prior is never the default here
 
 
 @pytest.mark.parametrize("kind", ["vae", "cvae"])
@@ -221,7 +246,11 @@ POINTS = pd.DataFrame({"x1": [0.0, 1.0], "x2": [0.5, -0.3], "label": [0, 1]})
     ("params", "frame", "message"),
     [
         ({"mode": "generate"}, POINTS, "unknown mode 'generate'"),
-        ({"source": "uniform"}, POINTS, "unknown source 'uniform'"),
+        (
+            {"source": "uniform"},
+            POINTS,
+            "unknown source 'uniform': this model samples from posterior or prior or mixture",
+        ),
         ({}, POINTS.assign(label=[0, 7]), "label must be 0 or 1 in every row; row 1 has 7"),
         ({}, POINTS.drop(columns="label"), "the CVAE needs a 'label' column"),
         ({"mode": "reconstruct"}, POINTS.assign(x1=[0.0, np.nan]), "x1 must be a finite number in every row; row 1"),
@@ -241,6 +270,22 @@ def test_bad_input_is_an_invalid_parameter_error(cvae, params, frame, message):
         cvae.predict(frame, params=params)
     assert raised.value.error_code == "INVALID_PARAMETER_VALUE"
     assert message in raised.value.message
+
+
+def test_an_older_model_without_a_mixture_samples_from_the_others_and_refuses_mixture(cvae, tmp_path):
+    older = mlflow.pyfunc.load_model(str(older_model("models:/moonvae-cvae@champion", tmp_path)))
+    inner = older.unwrap_python_model()
+    assert inner.mixture is None and inner.sources == ("posterior", "prior") and inner.default_source == "posterior"
+    request = labels(6)
+    pd.testing.assert_frame_equal(
+        older.predict(request, params={"seed": 2}), cvae.predict(request, params={"seed": 2, "source": "posterior"})
+    )
+    with pytest.raises(MlflowException) as raised:
+        older.predict(request, params={"source": "mixture"})
+    assert raised.value.error_code == "INVALID_PARAMETER_VALUE"
+    assert raised.value.message == (
+        "this model holds no latent mixture (it was logged before moonvae fitted one): use posterior or prior"
+    )
 
 
 def test_the_model_loads_where_moonvae_is_not_installed(registered, cvae):

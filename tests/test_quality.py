@@ -1,6 +1,7 @@
 """Judging samplers: the exact sampler against make_moons, then known answers for judge() on constructed samplers."""
 
 import json
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -141,3 +142,11 @@ def test_the_floor_is_cached_once_and_reused(tmp_path, monkeypatch):
     path.write_text(json.dumps({**json.loads(written), "protocol": 0}))
     with pytest.raises(AssertionError, match="cached floor"):
         quality.mmd_floor(NOISE, N, tmp_path)
+
+
+@pytest.mark.slow
+def test_the_floor_the_tests_keep_is_what_computing_gives(tmp_path):
+    from conftest import FLOORS
+
+    kept = json.loads((FLOORS / quality.floor_path(tmp_path, NOISE, quality.N_POINTS).name).read_text())
+    assert kept == asdict(quality.compute_floor(NOISE, quality.N_POINTS))

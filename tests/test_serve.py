@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 from conftest import free_port, running_server
-from trained import tracking_store, train_and_register
+from trained import older_model, tracking_store, train_and_register
 
 from moonvae.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 
@@ -32,15 +32,25 @@ def post(url: str, body: dict) -> tuple[int, dict]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """The registered CVAE served on a free loopback port; the server's process group is always stopped."""
+def registered(tmp_path_factory):
     folder = tmp_path_factory.mktemp("serve")
     with tracking_store(folder) as client:
         train_and_register(client, CONFIG, "moonvae-cvae")
+        yield folder
+
+
+def serve(folder, model_uri: str):
+    """`mlflow models serve` of the model on a free loopback port; the server's process group is always stopped."""
     port = free_port()
-    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/moonvae-cvae@champion"]
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri]
     command += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
-    with running_server(command, folder, port, "/ping") as url:
+    return running_server(command, folder, port, "/ping")
+
+
+@pytest.fixture(scope="module")
+def server(registered):
+    """The registered CVAE, served."""
+    with serve(registered, "models:/moonvae-cvae@champion") as url:
         yield url
 
 
@@ -72,6 +82,7 @@ def test_reconstruct_over_http(server):
         (["label"], [[0]], {"mode": "dream"}, "unknown mode 'dream'"),
         (["x1", "x2", "label"], [[None, 1.0, 0]], {"mode": "reconstruct"}, "x1 must be a finite number"),
         (["label"], [[0]], {"mode": "traverse", "steps": 1}, "steps must be at least 2"),
+        (["label"], [[0]], {"source": "uniform"}, "unknown source 'uniform'"),
     ],
 )
 def test_bad_requests_get_400_and_the_server_keeps_serving(server, columns, rows, params, message):
@@ -79,3 +90,14 @@ def test_bad_requests_get_400_and_the_server_keeps_serving(server, columns, rows
     assert status == 400, body
     assert body["error_code"] == "INVALID_PARAMETER_VALUE" and message in body["message"]
     assert invoke(server, ["label"], [[1]], seed=0)[0] == 200
+
+
+def test_an_older_model_refuses_the_mixture_it_does_not_hold_with_400(registered):
+    older = older_model("models:/moonvae-cvae@champion", registered / "older")
+    with serve(registered, str(older)) as url:
+        status, body = invoke(url, ["label"], [[0]], source="mixture")
+        assert status == 400, body
+        assert body["error_code"] == "INVALID_PARAMETER_VALUE"
+        assert "this model holds no latent mixture" in body["message"]
+        status, body = invoke(url, ["label"], [[0], [1]], seed=0)  # the old default: posterior
+        assert status == 200 and len(body["predictions"]) == 2

@@ -1,0 +1,81 @@
+"""What judging a run's samples costs, next to the run itself: a default trial, timed part by part.
+
+Runs `experiment.run_training` (what a `train` run and a tuning trial do) on the study's
+default model, VAE and CVAE, with early stopping as in a default trial, in a throwaway
+sqlite store, the MMD floor already cached. Per run it prints the wall and CPU time of the
+whole run, the CPU time of the training loop, of fitting the latent mixture and of judging
+the three sources (quality.TRIAL_SETS sets of 2000 points each), and their shares of the
+run's CPU time (on a shared machine, wall time grows with the others' load, CPU time far
+less). The budget: the judgement under 10% of a default trial.
+
+Run: python bench/generation_cost.py [--seeds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from moonvae import experiment, generation, quality, tracking
+from moonvae.config import RunConfig
+from moonvae.train import one_torch_thread
+
+TIMED: dict[str, list[float]] = defaultdict(list)  # CPU seconds of each timed part, per call
+
+
+def timed(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        start = time.process_time()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            TIMED[name].append(time.process_time() - start)
+
+    return call
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=3, help="runs per model, training seeds 42, 43, ...")
+    args = parser.parse_args()
+    experiment.fit = timed("train", experiment.fit)
+    generation.fit_latent_mixture = timed("mixture", generation.fit_latent_mixture)
+    generation.judge_sources = timed("judge", generation.judge_sources)
+    with tempfile.TemporaryDirectory() as tmp, one_torch_thread():
+        os.chdir(tmp)
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
+        client = tracking.client()
+        tracking.quiet()
+        quality.mmd_floor(RunConfig().data.noise, quality.N_POINTS, Path("data"))  # cached, as after the first run
+        print("| model | seed | epochs | run wall s | run CPU s | train s | mixture s | judge s | judge | both |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        shares = defaultdict(list)
+        for kind in ("vae", "cvae"):
+            for seed in range(42, 42 + args.seeds):
+                config = RunConfig.from_flat({"model": kind, "seed": seed})
+                TIMED.clear()
+                start, cpu = time.perf_counter(), time.process_time()
+                with tracking.run(client, f"{kind}-{seed}") as run_id:
+                    outcome = experiment.run_training(config, client, run_id)
+                wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+                train, mixture, judge = (TIMED[name][0] for name in ("train", "mixture", "judge"))
+                shares[kind].append((judge / cpu, (judge + mixture) / cpu))
+                print(
+                    f"| {kind} | {seed} | {len(outcome.result.history)} | {wall:.2f} | {cpu:.2f} | {train:.2f} "
+                    f"| {mixture:.2f} | {judge:.2f} | {judge / cpu:.1%} | {(judge + mixture) / cpu:.1%} |"
+                )
+        for kind, values in shares.items():
+            judge, both = np.mean(values, axis=0)
+            print(f"{kind}: judgement {judge:.1%} of a default run's CPU time, with the mixture fit {both:.1%}")
+
+
+if __name__ == "__main__":
+    main()

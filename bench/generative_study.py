@@ -1,0 +1,90 @@
+"""A generative study per model, timed, and the @generator it registers judged with the full protocol.
+
+Runs `moonvae tune --space generative` (in process: search.plan + search.run) for the
+VAE and the CVAE in a fresh folder (sqlite tracking store and Optuna storage; the
+MMD floor computed on the first trial and cached), then loads
+`models:/moonvae-{kind}@generator` and judges its default source as `analyse` does
+(quality.FULL_SETS sets of 2000 points, seed 0). Prints per model: wall time, trials,
+the Pareto front's size, the generator's params, its validation figures, and the
+full-protocol mmd_ratio (+- its standard error), c2st, copying, spacing and on_moon.
+The goals: MMD ratio <= 1.5, C2ST <= 0.52, copying >= 0.95 (CVAE on moon >= 0.995).
+
+Run: python bench/generative_study.py [--trials 25] [--max-epochs 200] [--n-jobs 2] [--folder DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+
+from moonvae import data, quality, registry, search, sources, tracking
+from moonvae.train import one_torch_thread
+
+
+def judge_generator(kind: str, seed: int = 0) -> tuple[str, dict[str, float], dict[str, str]]:
+    """The registered generator's default source, its full-protocol scores, and its params."""
+    python_model, run_id = tracking.load_python_model(registry.model_uri(kind, registry.GENERATOR))
+    config = python_model.config
+    train = data.load(config.data).train
+    with one_torch_thread():
+        judged = sources.judge(
+            kind,
+            "generator",
+            python_model.network.eval(),
+            python_model.bank,
+            python_model.mixture,
+            python_model.default_source,
+            config,
+            train.x,
+            run_id,
+            seed=seed,
+            cache_dir=data.DEFAULT_CACHE_DIR,
+        )
+    params = tracking.client().get_run(run_id).data.params
+    return judged.default_source, judged.judgement.scores[judged.default_source], params
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=25)
+    parser.add_argument("--max-epochs", type=int, default=200)
+    parser.add_argument("--n-jobs", type=int, default=2)
+    parser.add_argument("--models", nargs="+", default=["vae", "cvae"])
+    parser.add_argument("--folder", help="keep the stores here (default: a temporary folder)")
+    args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    folder = Path(args.folder or tempfile.mkdtemp(prefix="generative-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chdir(folder)
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlflow.db'}"
+    print(f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; stores in {folder}")
+    for kind in args.models:
+        plan = search.plan(kind, "generative", args.trials, n_jobs=args.n_jobs, fixed={"max_epochs": args.max_epochs})
+        start = time.perf_counter()
+        (result,) = search.run(plan, tracking.client())
+        wall = time.perf_counter() - start
+        values = ", ".join(f"{key} {value:.4g}" for key, value in result.best_values.items())
+        print(
+            f"\n{kind}: {args.trials} trials, max_epochs {args.max_epochs}, n_jobs {args.n_jobs}: {wall:.0f} s "
+            f"({wall / args.trials:.1f} s per trial); load {os.getloadavg()[0]:.1f}"
+        )
+        print(f"  Pareto front {len(result.pareto)} trials; generator trial {result.best_trial}: {values} (validation)")
+        source, scores, params = judge_generator(kind)
+        searched = {key: params[key] for key in plan.space.distributions}
+        print(f"  params {searched}")
+        error = scores["mmd_ratio_std"] / math.sqrt(quality.FULL_SETS)
+        on_moon = f", on_moon {scores['on_moon']:.4f}" if "on_moon" in scores else ""
+        print(
+            f"  @generator source {source}, full protocol: mmd_ratio {scores['mmd_ratio']:.2f} +- {error:.2f}, "
+            f"c2st {scores['c2st']:.3f}, copying {scores['copying']:.3f}, spacing {scores['spacing']:.3f}{on_moon}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""The generative search: two objectives, a Pareto front on the study run, the generator registered and loaded.
+
+A real study (Optuna RDB storage, MLflow sqlite store) of tiny CVAE trials, run once for the module.
+"""
+
+import io
+
+import mlflow
+import optuna
+import pandas as pd
+import pytest
+from mlflow.exceptions import MlflowException
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState, create_trial
+from trained import tracking_store
+
+from moonvae import metrics, registry, search, studies, summary
+from moonvae.config import SOURCES, ConfigError
+
+TINY = {"n_samples": 200, "max_epochs": 12}
+N_TRIALS = 4
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    """A 4-trial generative CVAE study, its result, and the store it left."""
+    with tracking_store(tmp_path_factory.mktemp("generative")) as client:
+        plan = search.plan("cvae", "generative", N_TRIALS, fixed=TINY)
+        (result,) = search.run(plan, client)
+        study = optuna.load_study(study_name="moonvae-cvae-generative", storage=studies.default_storage())
+        yield client, result, study
+
+
+def test_a_multi_objective_space_refuses_a_pruner_in_one_line(workdir):
+    for pruner in ("median", "hyperband"):
+        with pytest.raises(ConfigError) as refused:
+            search.plan("vae", "generative", pruner=pruner)
+        assert str(refused.value) == (
+            "the generative space has 2 objectives and Optuna does not prune multi-objective studies: "
+            "use pruner=none (or auto)"
+        )
+    assert search.plan("vae", "generative").pruner == "none"
+    assert not (workdir / "mlflow.db").exists()
+
+
+def test_every_trial_holds_both_objectives_and_its_front_membership(tuned):
+    client, result, study = tuned
+    assert study.directions == [optuna.study.StudyDirection.MINIMIZE] * 2
+    assert study.metric_names == ["best_val_mse", "mmd_ratio"]  # named for optuna-dashboard
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(complete) == N_TRIALS
+    front = {trial.number for trial in study.best_trials}
+    assert sorted(front) == result.pareto and front
+    for trial in complete:
+        run = client.get_run(trial.user_attrs["mlflow_run_id"])
+        assert run.data.metrics["best_val_mse"] == pytest.approx(trial.values[0])
+        assert run.data.metrics["mmd_ratio"] == pytest.approx(trial.values[1])
+        source = trial.user_attrs["source"]
+        assert run.data.tags["moonvae.source"] == source
+        assert run.data.metrics["mmd_ratio"] == pytest.approx(run.data.metrics[f"{source}_mmd_ratio"])
+        assert {f"{s}_{score}" for s in SOURCES for score in ("mmd_ratio", "c2st", "copying", "on_moon")} <= set(
+            run.data.metrics
+        )
+        assert run.data.tags["moonvae.pareto"] == str(trial.number in front).lower()
+        assert len(client.get_metric_history(run.info.run_id, "val_mse")) == TINY["max_epochs"]  # never pruned
+
+
+def test_the_study_run_holds_both_series_the_front_and_its_plot(tuned):
+    client, result, study = tuned
+    run = client.get_run(result.run_id)
+    assert set(run.data.metrics) == set(metrics.names("study")) | set(metrics.names("pareto"))
+    trials = sorted(study.trials, key=lambda trial: trial.number)
+
+    def series(key):
+        return {p.step: p.value for p in client.get_metric_history(result.run_id, key)}
+
+    assert series("trial_val_mse") == pytest.approx({t.number: t.values[0] for t in trials})
+    assert series("trial_mmd_ratio") == pytest.approx({t.number: t.values[1] for t in trials})
+    assert series("best_mmd_ratio") == pytest.approx(
+        {t.number: min(u.values[1] for u in trials[: t.number + 1]) for t in trials}
+    )
+    assert series("pareto_trials")[N_TRIALS - 1] == len(result.pareto)
+    artifacts = {a.path for a in client.list_artifacts(result.run_id, "plots")}
+    assert "plots/pareto_front.png" in artifacts and "plots/optimization_history_mmd_ratio.png" in artifacts
+    front = pd.read_csv(io.StringIO(mlflow.artifacts.load_text(f"runs:/{result.run_id}/pareto.csv")))
+    assert sorted(front["trial"]) == result.pareto and front["generator"].sum() == 1
+    assert int(front.loc[front["generator"], "trial"].iloc[0]) == result.best_trial
+    note = run.data.tags["mlflow.note.content"]
+    assert f"Pareto front (best_val_mse, mmd_ratio): {len(result.pareto)} trials" in note
+    assert f"Generator: trial {result.best_trial}" in note and "moonvae-cvae@generator" in note
+
+
+def test_the_generator_is_registered_by_the_rule_and_samples_from_its_source(tuned):
+    client, result, study = tuned
+    front = [(t.number, *t.values) for t in study.best_trials]
+    assert result.best_trial == registry.generator_trial(front)
+    name, version, alias = result.registered
+    assert (name, alias) == ("moonvae-cvae", "generator")
+    generator = next(t for t in study.trials if t.number == result.best_trial)
+    registered = client.get_model_version_by_alias(name, "generator")
+    assert registered.run_id == generator.user_attrs["mlflow_run_id"] and str(registered.version) == version
+    assert registered.tags["moonvae.source"] == generator.user_attrs["source"]
+    with pytest.raises(MlflowException):
+        client.get_model_version_by_alias(name, "champion")  # the generative study leaves the champion alone
+
+    model = mlflow.pyfunc.load_model("models:/moonvae-cvae@generator")
+    source = model.metadata.metadata["source"]
+    assert source == generator.user_attrs["source"]
+    run = client.get_run(model.metadata.run_id)
+    assert run.data.metrics["mmd_ratio"] == pytest.approx(generator.values[1])
+    assert run.data.metrics["mmd_ratio"] == pytest.approx(model.metadata.metadata["sources"][source]["mmd_ratio"], 1e-3)
+    request = pd.DataFrame({"label": [0, 1, 1, 0]})
+    pd.testing.assert_frame_equal(
+        model.predict(request, params={"seed": 3}), model.predict(request, params={"seed": 3, "source": source})
+    )
+    with pytest.raises(MlflowException) as raised:
+        model.predict(request, params={"source": "gan"})
+    assert raised.value.error_code == "INVALID_PARAMETER_VALUE" and "unknown source 'gan'" in raised.value.message
+
+
+def test_the_generator_rule_trades_no_more_than_the_stated_reconstruction():
+    front = [(0, 0.001, 9.0), (1, 0.0019, 2.0), (2, 0.0025, 1.1), (3, 0.01, 1.0)]
+    assert registry.generator_trial(front) == 1  # 2 and 3 sample better but reconstruct > 2x worse than 0
+    assert registry.generator_trial([(4, 0.002, 3.0)]) == 4
+    assert registry.generator_trial([]) is None
+    assert registry.alias_for("generative") == "generator" and registry.alias_for("basic") == "champion"
+
+
+def test_convergence_of_two_objectives_is_the_best_of_each_and_the_front_so_far(tmp_path):
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'o.db'}", directions=["minimize", "minimize"])
+    x = FloatDistribution(0, 1)
+    for values in ([0.3, 2.0], [0.2, 3.0], [0.4, 4.0], [0.1, 1.0]):
+        study.add_trial(create_trial(params={"x": 0.5}, distributions={"x": x}, values=values))
+    series = summary.convergence(study, set(), ("best_val_mse", "mmd_ratio"))
+    assert series == {
+        0: {"best_val_mse": 0.3, "best_mmd_ratio": 2.0, "pareto_trials": 1},
+        1: {"best_val_mse": 0.2, "best_mmd_ratio": 2.0, "pareto_trials": 2},
+        2: {"best_val_mse": 0.2, "best_mmd_ratio": 2.0, "pareto_trials": 2},  # 2 is beaten by 0 in both
+        3: {"best_val_mse": 0.1, "best_mmd_ratio": 1.0, "pareto_trials": 1},  # 3 beats them all
+    }
+    assert summary.convergence(study, {0, 1, 2}, ("best_val_mse", "mmd_ratio")) == {3: series[3]}
