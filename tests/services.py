@@ -71,7 +71,8 @@ def postgres_database() -> Iterator[str]:
             raise RuntimeError(f"{args[0]} failed: {done.stderr.strip()[-2000:]}\n{details}")
 
     pg("initdb", "-D", str(data), "-U", "postgres", "--auth=trust", "--no-sync", "--encoding=UTF8")
-    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+    # many worker processes each hold a connection pool: room for more than the default 100 clients
+    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=500"
     try:
         pg("pg_ctl", "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", str(READY_SECONDS), "start")
 
