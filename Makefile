@@ -6,7 +6,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 # the run list without the trials: studies, tune, train and analyse runs, whatever page the trials push them to
 UI_FILTER := http://127.0.0.1:5000/\#/experiments/1/runs?searchFilter=tags.%60moonvae.kind%60%20!%3D%20%27trial%27
 
-.PHONY: install tune findings train analyse test test-slow format bench clean
+.PHONY: install tune findings train analyse test test-slow test-ray format bench clean
 
 install: $(VENV)/.installed
 
@@ -44,7 +44,10 @@ test: install  ## fast tests and lint
 	$(BIN)/pytest
 
 test-slow: install  ## the slow end-to-end tests only (exit 5, none selected, is not a failure)
-	$(BIN)/pytest -m slow || [ $$? -eq 5 ]
+	$(BIN)/pytest -m 'slow and not ray' || [ $$? -eq 5 ]
+
+test-ray: install  ## the slow tests on a throwaway Ray cluster
+	$(BIN)/pytest -m ray
 
 format: install
 	$(BIN)/ruff format moonvae tests bench

@@ -25,7 +25,7 @@ from services import processes_named
 
 from moonvae.studies import WORKER_ATTR
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 TUNE_SECONDS = 900
 TASK = "ray::study_worker"  # a Ray worker running our task; ray::IDLE and the agents are not tasks
