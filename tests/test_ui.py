@@ -10,14 +10,10 @@ from __future__ import annotations
 import html
 import json
 import re
-import sys
-from collections.abc import Iterator
-from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 from browser import dump_dom
-from conftest import free_port, running_server
 from PIL import Image
 
 from moonvae import tracking
@@ -44,18 +40,6 @@ PAGE = """<!doctype html>
 </script>
 </body></html>
 """
-
-
-@pytest.fixture
-def tracking_server(tmp_path: Path) -> Iterator[str]:
-    """`mlflow server` on sqlite, proxying the artifacts it stores, on a free loopback port."""
-    folder = tmp_path / "server"
-    folder.mkdir()
-    port = free_port()
-    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}"]
-    command += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    with running_server(command, folder, port, "/health") as url:
-        yield url
 
 
 def test_chromium_shows_a_runs_plot_and_grid_image_from_the_server(workdir, tracking_server, monkeypatch, small_config):
