@@ -52,6 +52,11 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def accepts(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
 @contextmanager
 def ray_head(folder: Path) -> Iterator[str]:
     """A throwaway one-node cluster, stopped through its own process (`ray stop` would stop every cluster here)."""
@@ -65,11 +70,11 @@ def ray_head(folder: Path) -> Iterator[str]:
         head = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + READY_SECONDS
-        while "Ray runtime started" not in log.read_text():
+        while "Ray runtime started" not in log.read_text() or not accepts(gcs):
             if head.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"ray start failed:\n{log.read_text()[-2000:]}")
             time.sleep(0.1)
-        yield f"ray://127.0.0.1:{client}"
+        yield f"127.0.0.1:{gcs}"  # this process joins the cluster as its driver
     finally:
         head.send_signal(signal.SIGTERM)
         head.wait(timeout=READY_SECONDS)
@@ -87,6 +92,7 @@ def main() -> None:
         folder = Path(tmp)
         os.chdir(folder)
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlflow.db'}"
+        os.environ["RAY_AUTH_MODE"] = "disabled"  # a throwaway cluster, whatever token ~/.ray holds
         start = time.perf_counter()
         with ray_head(folder) as address:
             startup["ray start --head"] = time.perf_counter() - start

@@ -176,9 +176,9 @@ def tracking_server(tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster() -> Iterator[str]:
-    """A throwaway one-node Ray cluster with 2 CPUs (tests/services.py); its client address."""
+def ray_cluster():  # -> services.RayHead
+    """A throwaway one-node Ray cluster with 2 CPUs (tests/services.py): its address, and its tasks' processes."""
     from services import ray_head
 
-    with ray_head(cpus=2) as address:
-        yield address
+    with ray_head(cpus=2) as head:
+        yield head

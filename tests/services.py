@@ -18,6 +18,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,9 @@ from conftest import free_port, running_server
 
 READY_SECONDS = 120  # for a cluster to start; generous for a busy CI runner
 STOP_SECONDS = 60  # Ray drains a node for up to 30 s on SIGTERM
+# For the throwaway Ray cluster and its drivers: once a local ray.init() has left a token in
+# ~/.ray/auth_token, `ray start` turns token authentication on, and drivers are refused.
+RAY_NO_AUTH = {"RAY_AUTH_MODE": "disabled"}
 
 
 def unavailable(reason: str) -> None:
@@ -101,9 +105,19 @@ def tracking_server(folder: Path) -> Iterator[str]:
         yield url
 
 
+@dataclass(frozen=True)
+class RayHead:
+    address: str  # the head's, 127.0.0.1:PORT: a driver on this machine joins the cluster itself
+    pid: int  # of `ray start --block`, whose raylet starts the worker processes
+
+    def tasks(self, name: str) -> list[int]:
+        """Pids of this cluster's processes running task `name` (titled `ray::NAME`); other clusters' are left out."""
+        return [pid for pid in processes_named(f"ray::{name}") if _parent(_parent(pid)) == self.pid]
+
+
 @contextmanager
-def ray_head(cpus: int = 2) -> Iterator[str]:
-    """A one-node Ray cluster (`ray start --head --block`); yields its client address, ray://127.0.0.1:PORT.
+def ray_head(cpus: int = 2) -> Iterator[RayHead]:
+    """A one-node Ray cluster (`ray start --head --block`) on free loopback ports.
 
     Started without PYTHONPATH, so its workers get moonvae the way a cluster without a
     checkout does: from the job's runtime environment. Stopped through its own process
@@ -119,7 +133,7 @@ def ray_head(cpus: int = 2) -> Iterator[str]:
     command += ["--node-ip-address", "127.0.0.1", "--port", str(gcs), "--ray-client-server-port", str(client)]
     command += ["--dashboard-port", str(dashboard), "--dashboard-agent-listen-port", str(agent)]
     command += ["--include-dashboard", "false", "--disable-usage-stats"]
-    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "RAY_ADDRESS")}
+    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "RAY_ADDRESS")} | RAY_NO_AUTH
     log = folder / "head.log"
     with log.open("w") as output:
         head = subprocess.Popen(
@@ -127,11 +141,11 @@ def ray_head(cpus: int = 2) -> Iterator[str]:
         )
     try:
         deadline = time.monotonic() + READY_SECONDS
-        while "Ray runtime started" not in log.read_text() or not _accepts(client):
+        while "Ray runtime started" not in log.read_text() or not _accepts(gcs):
             if head.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"ray start --head did not start (exit {head.poll()}):\n{log.read_text()[-3000:]}")
             time.sleep(0.5)
-        yield f"ray://127.0.0.1:{client}"
+        yield RayHead(f"127.0.0.1:{gcs}", head.pid)
     finally:
         head.send_signal(signal.SIGTERM)
         with suppress(subprocess.TimeoutExpired):
@@ -148,10 +162,18 @@ def _accepts(port: int) -> bool:
 
 
 def processes_named(title: str) -> list[int]:
-    """Pids of this machine's processes whose command line is `title` (a Ray task: `ray::study_worker`)."""
+    """Pids of this machine's processes whose command line is `title` (as `ps` shows a Ray task: `ray::NAME`)."""
     found = []
     for entry in Path("/proc").iterdir():
         with suppress(OSError):
             if entry.name.isdigit() and (entry / "cmdline").read_bytes().split(b"\0")[0].decode().strip() == title:
                 found.append(int(entry.name))
     return found
+
+
+def _parent(pid: int) -> int:
+    """The parent's pid, 0 once the process is gone."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
