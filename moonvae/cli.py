@@ -20,7 +20,16 @@ from typing import Any
 import click
 
 from moonvae import registry
-from moonvae.config import MODELS, N_TRIALS, ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig
+from moonvae.config import (
+    MODELS,
+    N_TRIALS,
+    TRIALS_AT_ONCE,
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+)
 from moonvae.metrics import N_EVAL
 
 EPOCH_LINE_EVERY = 25  # print one console line per this many epochs
@@ -195,6 +204,15 @@ def train(register: str, **values: Any) -> None:
 )
 @click.option("--n-jobs", "--n_jobs", "n_jobs", type=int, default=1, show_default=True, help="threads in each worker")
 @click.option(
+    "--trials-at-once",
+    "--trials_at_once",
+    "trials_at_once",
+    type=int,
+    default=TRIALS_AT_ONCE,
+    show_default=True,
+    help="trials each worker trains together as one vectorised model",
+)
+@click.option(
     "--ray-address",
     "--ray_address",
     "ray_address",
@@ -217,6 +235,7 @@ def tune(
     storage: str,
     workers: int,
     n_jobs: int,
+    trials_at_once: int,
     ray_address: str,
     timeout: float,
     pruner: str,
@@ -230,7 +249,7 @@ def tune(
         fail(f"timeout must be a number of seconds >= 0, got {timeout!r}")
     if workers < 1:
         fail(f"workers must be an integer >= 1, got {workers!r}")
-    from moonvae import executor, search, studies, tracking
+    from moonvae import executor, search, studies, tracking, trials
 
     if os.environ.get("MLFLOW_RUN_ID") and studies.has_password(storage):
         fail(
@@ -251,6 +270,7 @@ def tune(
                 pruner=pruner,
                 fixed={key: value for key, value in fixed.items() if value is not None},
                 workers=workers,
+                trials_at_once=trials_at_once,
                 runner=runner,
             )
         except ConfigError as error:
@@ -261,7 +281,7 @@ def tune(
             click.echo(f"workers: {runner.describe(workers)}")
         try:
             results = search.run(plan, tracking.client(), entry_run_id=os.environ.get("MLFLOW_RUN_ID"))
-        except (search.TooManyFailures, executor.WorkerLost) as error:
+        except (trials.TooManyFailures, executor.WorkerLost) as error:
             fail(str(error), code=1)
         except ConfigError as error:  # a worker that does not see the study's services
             fail(str(error))

@@ -70,6 +70,7 @@ class WorkerLost(RuntimeError):
     """A worker died more often than it may be restarted, or its cluster lost it."""
 
 
+_spawning = threading.Lock()  # studies side by side start their workers from several threads
 _stop = threading.Event()  # set by SIGINT or SIGTERM (Ray's cancel calls SIGINT's handler) under stop_on_signals
 _stopped_by: int | None = None  # the first of them
 
@@ -124,8 +125,14 @@ def environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
+@dataclass(frozen=True)
 class Local:
-    """Workers on this machine: one in this process, more in processes of their own (one core each)."""
+    """Workers on this machine: one in this process, more in processes of their own (one core each).
+
+    `own_processes`: even one worker gets a process of its own, as when studies run side by side.
+    """
+
+    own_processes: bool = False
 
     def describe(self, workers: int) -> str:
         return f"{workers} processes on this machine"
@@ -133,7 +140,7 @@ class Local:
     def run(self, work: Work, order: Any, workers: int, threads: int, env: dict[str, str], watcher: Watcher) -> None:
         """Run `workers` copies of `work` (each with `threads` threads of its own) until all have returned."""
         _raise_if_stopping()
-        if workers == 1:
+        if workers == 1 and not self.own_processes:
             with environment(env), _polling(watcher):
                 work(order, 0, _stop)
             _raise_if_stopping()  # the worker saw the signal between trials and simply ended
@@ -175,7 +182,7 @@ def _run_processes(work: Work, order: Any, workers: int, env: dict[str, str], wa
     def start(number: int, restarts: int = 0) -> _Process:
         receiver, sender = context.Pipe(duplex=False)
         process = context.Process(target=_process_main, args=(work, order, number, sender), name=f"worker-{number}")
-        with environment(env), _children_ignore_signals():
+        with _spawning, environment(env), _children_ignore_signals():  # the environment is the whole process's
             process.start()
         sender.close()
         return _Process(number, process, receiver, restarts)

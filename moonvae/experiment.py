@@ -143,6 +143,53 @@ def log_data_plot(mlflow_client: Client, run_id: str, data: moons.MoonsData) -> 
     tracking.log_png(mlflow_client, run_id, training, "plots/data.png")
 
 
+class TrackedRun:
+    """One run around its training: what a `train` run or a trial logs before, during and after `fit`.
+
+    Split in three so the tuner can train many trials as one stack (batched.fit_batch)
+    between their starts and their ends, each in its own MLflow run.
+    """
+
+    def __init__(
+        self, config: RunConfig, mlflow_client: Client, run_id: str, cache_dir: Path = moons.DEFAULT_CACHE_DIR
+    ) -> None:
+        self.config, self.client, self.run_id, self.cache_dir = config, mlflow_client, run_id, cache_dir
+        self.data = moons.load(config.data, cache_dir)
+        tracking.log_params(mlflow_client, run_id, config.params())
+        with np.load(self.data.path) as arrays:
+            tracking.log_dataset(mlflow_client, run_id, arrays["X"], arrays["y"], self.data.path)
+        self.network = build_model(config.model, config.train.seed)
+        self.snapshots = Snapshots(mlflow_client, run_id, self.network, self.data)
+        self.buffer = tracking.MetricBuffer(mlflow_client, run_id)
+
+    def log_epoch(self, metrics: EpochMetrics) -> None:
+        self.buffer.add(metrics.as_dict(), step=metrics.epoch)
+        self.snapshots.on_epoch(metrics)
+
+    def finish(self, result: TrainResult, *, log_model: bool = True) -> Outcome:
+        """Measure the trained network and log its final metrics, tag, plots and (if asked) the model."""
+        outcome = Outcome.measure(self.network, result, self.data, self.config, floor_cache=self.cache_dir)
+        self.buffer.add(outcome.final_metrics() | outcome.source_metrics())
+        self.buffer.close()
+        tracking.set_tag(self.client, self.run_id, SOURCE_TAG, outcome.judgement.default)
+        log_data_plot(self.client, self.run_id, self.data)
+        self.snapshots.finish(self.config.train.max_epochs)
+        if log_model:
+            self.log_model(outcome)
+        return outcome
+
+    def log_model(self, outcome: Outcome) -> ModelInfo:
+        """The trained network as the run's pyfunc model, with its mixture and default source."""
+        network, config, train = self.network, self.config, self.data.train
+        mixture, judgement = outcome.mixture, outcome.judgement
+        outcome.model_info = pyfunc.log_model(self.run_id, network, config, train, mixture=mixture, judgement=judgement)
+        return outcome.model_info
+
+    def close(self) -> None:
+        """Send the epoch metrics still buffered: a run stopped early (pruned, interrupted) keeps its curves."""
+        self.buffer.close()
+
+
 def run_training(
     config: RunConfig,
     mlflow_client: Client,
@@ -156,28 +203,15 @@ def run_training(
 
     Epoch metrics and snapshots are logged even when `on_epoch` raises (a pruned trial keeps its curves).
     """
-    data = moons.load(config.data, cache_dir)
-    tracking.log_params(mlflow_client, run_id, config.params())
-    with np.load(data.path) as arrays:
-        tracking.log_dataset(mlflow_client, run_id, arrays["X"], arrays["y"], data.path)
-    network = build_model(config.model, config.train.seed)
-    snapshots = Snapshots(mlflow_client, run_id, network, data)
-    with tracking.MetricBuffer(mlflow_client, run_id) as buffer:
+    tracked = TrackedRun(config, mlflow_client, run_id, cache_dir)
+    try:
 
         def log_epoch(metrics: EpochMetrics) -> None:
-            buffer.add(metrics.as_dict(), step=metrics.epoch)
-            snapshots.on_epoch(metrics)
+            tracked.log_epoch(metrics)
             if on_epoch is not None:
                 on_epoch(metrics)
 
-        result = fit(network, data.train, data.val, config.train, on_epoch=log_epoch)
-        outcome = Outcome.measure(network, result, data, config, floor_cache=cache_dir)
-        buffer.add(outcome.final_metrics() | outcome.source_metrics())
-    tracking.set_tag(mlflow_client, run_id, SOURCE_TAG, outcome.judgement.default)
-    log_data_plot(mlflow_client, run_id, data)
-    snapshots.finish(config.train.max_epochs)
-    if log_model:
-        outcome.model_info = pyfunc.log_model(
-            run_id, network, config, data.train, mixture=outcome.mixture, judgement=outcome.judgement
-        )
-    return outcome
+        result = fit(tracked.network, tracked.data.train, tracked.data.val, config.train, on_epoch=log_epoch)
+        return tracked.finish(result, log_model=log_model)
+    finally:
+        tracked.close()

@@ -30,6 +30,7 @@ class Progress:
         n_trials: int,
         call: str,
         objectives: tuple[str, ...] = (studies.OBJECTIVE,),
+        position: int = 0,  # the bar's line, for studies side by side
     ) -> None:
         self.study, self.mlflow_client, self.run_id = study, mlflow_client, run_id
         self.objectives = objectives
@@ -37,7 +38,9 @@ class Progress:
         self.seen: set[int] = set()  # finished trials already looked at
         trials = study.get_trials(deepcopy=False)
         done = min(sum(trial.state in (TrialState.COMPLETE, TrialState.PRUNED) for trial in trials), n_trials)
-        self.bar = tqdm(total=n_trials, initial=done, desc=study.study_name, unit="trial", leave=True)
+        self.bar = tqdm(
+            total=n_trials, initial=done, desc=study.study_name, unit="trial", leave=True, position=position
+        )
 
     def __enter__(self) -> Progress:
         return self

@@ -1,13 +1,12 @@
 """Tuning: Optuna studies over the training config, one nested MLflow run per trial, the best one registered.
 
 A study lives in Optuna's RDB storage and is mirrored by one MLflow run (the study
-run) whose direct children are its trials. Workers (threads in a worker, worker
-processes or Ray tasks started by the executor, or other `tune` calls on the same
-storage) ask for a trial only after counting, under a lock, the trials the study
-already holds, finished or running: so they stop together at `n_trials`, and a
-second call on a study runs only the missing trials. Failed trials do not count, so
-a crash never shortens a study; heartbeats let a killed worker's trial be noticed,
-failed, and replaced. The call that starts the workers watches the study (progress.py).
+run) whose direct children are its trials. Here: validating a call (`plan`), opening
+the study runs, and a worker's start in whichever process runs it (`work`); the
+worker's trials are trials.py's. Workers are threads in a worker, worker processes
+or Ray tasks started by the executor, or other `tune` calls on the same storage;
+heartbeats let a killed worker's trial be noticed, failed, and replaced. The call
+that starts the workers watches the study (progress.py).
 """
 
 from __future__ import annotations
@@ -18,9 +17,7 @@ import threading
 import time
 import uuid
 import warnings
-from collections import Counter
-from collections.abc import Callable
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,28 +25,19 @@ from typing import Any
 import optuna
 from optuna.exceptions import ExperimentalWarning
 from optuna.storages import RDBStorage
-from optuna.storages._heartbeat import get_heartbeat_thread  # what Study.optimize uses; ask/tell has no public one
-from optuna.trial import FrozenTrial, TrialState
 
 from moonvae import data as moons
-from moonvae import executor, spaces, studies, summary, tracking
+from moonvae import executor, spaces, studies, summary, tracking, trials
 from moonvae.config import MODELS, N_TRIALS, ConfigError, RunConfig
-from moonvae.experiment import run_training
 from moonvae.progress import Progress
 from moonvae.spaces import SPACES, Space
-from moonvae.studies import MODEL_ID_ATTR, RUN_ID_ATTR, SOURCE_ATTR, WORKER_ATTR, Target
+from moonvae.studies import RUN_ID_ATTR, Target
 from moonvae.tracking import Client
-from moonvae.train import EpochMetrics, one_torch_thread
+from moonvae.train import one_torch_thread
 
-REPORT_EVERY = 10  # epochs between reports to the pruner: each report is a storage write (~4 ms on sqlite)
-WAIT_SECONDS = 1.0  # poll interval while other processes finish the study's last trials (two queries a poll)
-GRID_ATTEMPTS = 2  # a grid point that fails is tried once more, then left out
-MAX_FAILURES_IN_ROW = 5  # then something is broken beyond one trial: stop the call
 STUDY_RUN_WAIT_SECONDS = 60  # how long a worker waits for the creator of a new study to open its run
 STORAGE_ENV = "MOONVAE_STORAGE"  # how a worker learns the storage URL: it may hold a password, so not as an argument
 DATA_PARAMS = {"n_samples", "noise", "data_seed"}  # a space that varies these gives each trial its own data
-STATE_TAG = "optuna.state"
-TRIAL_ATTRS = ("test_mse", "test_kl", "train_mse", "active_units", "mutual_info", "mmd_ratio")  # kept with each trial
 
 
 @dataclass
@@ -67,6 +55,7 @@ class Plan:
     max_epochs: int
     targets: list[Target]
     workers: int = 1  # worker processes (or Ray tasks); one runs in this process
+    trials_at_once: int = 1  # K: trials each thread trains together as one stack
     runner: executor.Executor = field(default_factory=executor.Local)  # where the workers run
     studies: dict[str, optuna.Study] = field(default_factory=dict)
     created: set[str] = field(default_factory=set)  # studies this call created: it opens their MLflow runs
@@ -79,6 +68,7 @@ class Order:
     space: str
     n_trials: int
     n_jobs: int
+    trials_at_once: int
     pruner: str
     seed: int
     max_epochs: int
@@ -94,17 +84,6 @@ def _require(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def _end_stale_trial_run(study: optuna.Study, trial: FrozenTrial) -> None:
-    """A dead worker's trial was failed by heartbeat: end its MLflow run too."""
-    run_id = trial.user_attrs.get(RUN_ID_ATTR)
-    if not run_id:
-        return
-    mlflow_client = tracking.client()
-    reason = f"its worker stopped (no heartbeat for {studies.GRACE_SECONDS} s)"
-    if tracking.end_if_running(mlflow_client, run_id, tracking.FAILED, reason):
-        tracking.set_tag(mlflow_client, run_id, STATE_TAG, TrialState.FAIL.name)
-
-
 def plan(
     model: str = "both",
     space: str = "basic",
@@ -117,6 +96,7 @@ def plan(
     pruner: str = "auto",
     fixed: dict[str, Any] | None = None,
     workers: int = 1,
+    trials_at_once: int = 1,
     runner: executor.Executor | None = None,
 ) -> Plan:
     """Validate every input, open the storage and check or create the studies.
@@ -134,6 +114,7 @@ def plan(
     _require(n_trials is None or n_trials >= 1, f"n_trials must be an integer >= 1, got {n_trials!r}")
     _require(n_jobs >= 1, f"n_jobs must be an integer >= 1, got {n_jobs!r}")
     _require(workers >= 1, f"workers must be an integer >= 1, got {workers!r}")
+    _require(trials_at_once >= 1, f"trials_at_once must be an integer >= 1, got {trials_at_once!r}")
     _require(timeout is None or timeout > 0, f"timeout must be a number of seconds > 0, got {timeout!r}")
     _require(pruner in spaces.PRUNERS, f"pruner must be one of {', '.join(spaces.PRUNERS)}, got {pruner!r}")
     _require(
@@ -166,7 +147,7 @@ def plan(
     size = search_space.size
     wanted = N_TRIALS if n_trials is None else n_trials
     storage_url = storage or studies.default_storage()
-    opened = studies.open_storage(storage_url, on_stale_trial=_end_stale_trial_run)
+    opened = studies.open_storage(storage_url, on_stale_trial=trials.end_stale_trial_run)
     found = {target.name: studies.load(opened, target.name) for target in targets}
     for target in targets:
         if found[target.name] is not None:
@@ -183,6 +164,7 @@ def plan(
         max_epochs=base.train.max_epochs,
         targets=targets,
         workers=workers,
+        trials_at_once=trials_at_once,
         runner=runner or executor.Local(),
     )
     for target in targets:
@@ -193,31 +175,6 @@ def plan(
         if created:
             result.created.add(target.name)
     return result
-
-
-class TooManyFailures(RuntimeError):
-    """Several trials in a row failed: the cause is not one trial's parameters."""
-
-
-@dataclass
-class _Worksite:
-    """The shared state of one study's workers in this call."""
-
-    plan: Plan
-    target: Target
-    study: optuna.Study
-    mlflow_client: Client
-    run_id: str
-    deadline: float | None  # time.monotonic() after which no trial starts
-    worker: dict[str, Any]  # who runs the trials: WORKER_ATTR
-    signalled: threading.Event  # the process was asked to stop
-    gate: threading.Condition = field(default_factory=threading.Condition)
-    stop: threading.Event = field(default_factory=threading.Event)  # a worker thread was stopped or failed
-    failures_in_row: int = 0
-    last_failure: str = ""
-
-    def stopping(self) -> bool:
-        return self.stop.is_set() or self.signalled.is_set()
 
 
 def quiet() -> None:
@@ -249,14 +206,39 @@ def run(plan: Plan, mlflow_client: Client, entry_run_id: str | None = None) -> l
         if parent
         else nullcontext()
     )
-    results = []
     with launcher, one_torch_thread():
-        for target in plan.targets:
-            results.append(_run_study(plan, target, mlflow_client, study_runs[target.name] or adopt, parent))
-            if parent:
-                tracking.set_tags(mlflow_client, parent, {"moonvae.study_runs": ",".join(r.run_id for r in results)})
-                tracking.log_metrics(mlflow_client, parent, summary.entry_metrics(results[-1]))
+        if len(plan.targets) > 1 and isinstance(plan.runner, executor.Local):
+            results = _side_by_side(plan, mlflow_client, study_runs, adopt, parent)
+        else:
+            results = [
+                _run_study(plan, target, mlflow_client, study_runs[target.name] or adopt, parent, plan.runner)
+                for target in plan.targets
+            ]
+        if parent:
+            tracking.set_tags(mlflow_client, parent, {"moonvae.study_runs": ",".join(r.run_id for r in results)})
+            for result in results:
+                tracking.log_metrics(mlflow_client, parent, summary.entry_metrics(result))
     return results
+
+
+def _side_by_side(
+    plan: Plan, mlflow_client: Client, study_runs: dict[str, str | None], adopt: str | None, parent: str | None
+) -> list[summary.StudyResult]:
+    """Every study at once, each worker in a process of its own: the models' studies share the cores.
+
+    Each study is the one it would be alone (its own storage rows, seeds and trials);
+    a study that fails does not stop the others, and its error is raised once all have ended.
+    """
+    runner = executor.Local(own_processes=True)
+    with ThreadPoolExecutor(len(plan.targets), thread_name_prefix="study") as pool:
+        futures = [
+            pool.submit(
+                _run_study, plan, target, mlflow_client, study_runs[target.name] or adopt, parent, runner, position
+            )
+            for position, target in enumerate(plan.targets)
+        ]
+        wait(futures)
+    return [future.result() for future in futures]
 
 
 def _study_run_id(mlflow_client: Client, study: optuna.Study, experiment: str, created_here: bool) -> str | None:
@@ -275,7 +257,13 @@ def _study_run_id(mlflow_client: Client, study: optuna.Study, experiment: str, c
 
 
 def _run_study(
-    plan: Plan, target: Target, mlflow_client: Client, run_id: str | None, parent_run_id: str | None
+    plan: Plan,
+    target: Target,
+    mlflow_client: Client,
+    run_id: str | None,
+    parent_run_id: str | None,
+    runner: executor.Executor,
+    position: int = 0,
 ) -> summary.StudyResult:
     study = plan.studies[target.name]
     started = time.monotonic()
@@ -299,6 +287,7 @@ def _run_study(
             space=plan.space.name,
             n_trials=plan.n_trials,
             n_jobs=plan.n_jobs,
+            trials_at_once=plan.trials_at_once,
             pruner=plan.pruner,
             seed=plan.seed,
             max_epochs=plan.max_epochs,
@@ -310,8 +299,10 @@ def _run_study(
         )
         env = {STORAGE_ENV: plan.storage_url, "MLFLOW_TRACKING_URI": tracking.tracking_uri()}
         env["MLFLOW_EXPERIMENT_ID"] = tracking.experiment_id(mlflow_client)  # trials go where their study run is
-        with Progress(study, mlflow_client, study_run_id, plan.n_trials, order.call, plan.space.objectives) as progress:
-            plan.runner.run(work, order, plan.workers, plan.n_jobs, env, progress)
+        with Progress(
+            study, mlflow_client, study_run_id, plan.n_trials, order.call, plan.space.objectives, position
+        ) as progress:
+            runner.run(work, order, plan.workers, plan.n_jobs, env, progress)
         result = summary.summarise(study, mlflow_client, study_run_id, target, time.monotonic() - started)
     return result
 
@@ -325,7 +316,7 @@ def work(order: Order, worker: int, signalled: threading.Event) -> None:
     """
     quiet()
     storage_url = os.environ[STORAGE_ENV]
-    storage = studies.open_storage(storage_url, on_stale_trial=_end_stale_trial_run)
+    storage = studies.open_storage(storage_url, on_stale_trial=trials.end_stale_trial_run)
     study = studies.load(storage, order.target.name)
     _require(
         study is not None,
@@ -341,175 +332,21 @@ def work(order: Order, worker: int, signalled: threading.Event) -> None:
     space = SPACES[order.space]
     study.sampler = spaces.make_sampler(space, order.seed, order.n_existing, worker)
     study.pruner = spaces.make_pruner(order.pruner, order.max_epochs)
-    plan = Plan(
-        space=space,
-        n_trials=order.n_trials,
-        storage_url=storage_url,
-        storage=storage,
-        n_jobs=order.n_jobs,
-        timeout=None,
-        pruner=order.pruner,
-        seed=order.seed,
-        max_epochs=order.max_epochs,
-        targets=[order.target],
-        studies={order.target.name: study},
-    )
     deadline = None if order.deadline is None else time.monotonic() + order.deadline - time.time()
     who = {"call": order.call, "host": socket.gethostname(), "pid": os.getpid()}
-    site = _Worksite(plan, order.target, study, mlflow_client, order.study_run_id, deadline, who, signalled)
-    with one_torch_thread():
-        _work_in_parallel(site)
-    if site.failures_in_row >= MAX_FAILURES_IN_ROW:
-        raise TooManyFailures(f"{site.failures_in_row} trials in a row failed, the last with {site.last_failure}")
-
-
-def _work_in_parallel(site: _Worksite) -> None:
-    """n_jobs workers on one study; Ctrl-C stops them all at their next epoch, ending their runs KILLED."""
-    if site.plan.n_jobs == 1:
-        _work(site)
-        return
-    with ThreadPoolExecutor(site.plan.n_jobs, thread_name_prefix="trial") as pool:
-        futures = [pool.submit(_work, site) for _ in range(site.plan.n_jobs)]
-        try:
-            for future in wait(futures, return_when=FIRST_EXCEPTION).done:
-                future.result()  # a worker's error (a lost storage, say) stops the others too
-        except BaseException:
-            site.stop.set()
-            with site.gate:
-                site.gate.notify_all()
-            raise
-
-
-def _count(study: optuna.Study) -> Counter[str]:
-    states = Counter(trial.state for trial in study.get_trials(deepcopy=False))
-    return Counter(
-        done=states[TrialState.COMPLETE] + states[TrialState.PRUNED],
-        running=states[TrialState.RUNNING],
-        waiting=states[TrialState.WAITING],
-        failed=states[TrialState.FAIL],
+    site = trials.Worksite(
+        space=space,
+        n_trials=order.n_trials,
+        storage=storage,
+        n_jobs=order.n_jobs,
+        trials_at_once=order.trials_at_once,
+        target=order.target,
+        study=study,
+        mlflow_client=mlflow_client,
+        run_id=order.study_run_id,
+        deadline=deadline,
+        worker=who,
+        signalled=signalled,
     )
-
-
-def _work(site: _Worksite) -> None:
-    while (trial := _next_trial(site)) is not None:
-        _run_trial(site, trial)
-
-
-def _next_trial(site: _Worksite) -> optuna.Trial | None:
-    """Ask for a trial if the study still needs one, counting running trials as done-to-be.
-
-    When the running ones would complete the study, wait: if one of them fails,
-    this worker replaces it. Runs under the gate so two workers never both take
-    the last place.
-    """
-    with site.gate:
-        while True:
-            if site.stopping() or site.failures_in_row >= MAX_FAILURES_IN_ROW:
-                return None
-            if site.deadline is not None and time.monotonic() >= site.deadline:
-                return None
-            optuna.storages.fail_stale_trials(site.study)
-            counts = _count(site.study)
-            if counts["done"] >= site.plan.n_trials:
-                return None
-            if counts["done"] + counts["running"] < site.plan.n_trials:
-                if site.plan.space.grid is None or counts["waiting"] or _grid_point_available(site):
-                    return site.study.ask(fixed_distributions=site.plan.space.distributions)
-                if not counts["running"]:
-                    return None  # every grid point was run or failed too often
-            site.gate.wait(WAIT_SECONDS)
-
-
-def _grid_point_available(site: _Worksite) -> bool:
-    """True when a grid point was never tried (the sampler picks it) or failed and may be tried again.
-
-    A failed point is queued here, so the next `ask` takes it: the grid sampler counts failed points as visited.
-    """
-    space = site.plan.space
-    tried: dict[tuple[Any, ...], list[TrialState]] = {point: [] for point in space.points()}
-    for trial in site.study.get_trials(deepcopy=False):
-        params = trial.params or trial.system_attrs.get("fixed_params", {})
-        tried.setdefault(space.point(params), []).append(trial.state)
-    for point, states in tried.items():
-        if states and all(state == TrialState.FAIL for state in states) and len(states) < GRID_ATTEMPTS:
-            site.study.enqueue_trial(dict(zip(space.grid or {}, point, strict=True)))
-            return True
-    return any(not states for states in tried.values())
-
-
-def _run_trial(site: _Worksite, trial: optuna.Trial) -> None:
-    """Train one trial in its own MLflow run, nested under the study run, and tell Optuna how it ended."""
-    state, values, reason, run_id = TrialState.FAIL, None, "", None
-    tags = {"moonvae.kind": "trial", "optuna.study": site.target.name, "optuna.trial": str(trial.number)}
-    tags |= {"moonvae.model": site.target.model}
-    interrupted = False
-    try:
-        with (
-            get_heartbeat_thread(trial._trial_id, site.plan.storage),
-            tracking.run(
-                site.mlflow_client,
-                f"trial-{trial.number:03d}",
-                parent_run_id=site.run_id,
-                tags=tags | {"moonvae.space": site.plan.space.name},
-                killed_by=(optuna.TrialPruned,),
-            ) as run_id,
-        ):
-            trial.set_user_attr(RUN_ID_ATTR, run_id)
-            trial.set_user_attr(WORKER_ATTR, site.worker)
-            searched = site.plan.space.config_values(trial.params)
-            config = RunConfig.from_flat({**site.target.fixed, **searched}).validate()
-            outcome = run_training(config, site.mlflow_client, run_id, on_epoch=_reporter(site, trial))
-            if outcome.model_info is not None:
-                trial.set_user_attr(MODEL_ID_ATTR, outcome.model_info.model_id)
-            final = outcome.final_metrics()
-            for key in TRIAL_ATTRS:  # the findings read these from the study alone
-                trial.set_user_attr(key, final[key])
-            trial.set_user_attr(SOURCE_ATTR, outcome.judgement.default)
-        state, values = TrialState.COMPLETE, [final[name] for name in site.plan.space.objectives]
-    except optuna.TrialPruned as pruned:
-        state, reason = TrialState.PRUNED, str(pruned)
-    except KeyboardInterrupt:
-        interrupted, reason = True, "interrupted"
-    except Exception as error:
-        reason = f"{type(error).__name__}: {error}"
-    if reason:
-        trial.set_user_attr("reason", reason[:1000])
-    site.study.tell(trial, values, state=state)
-    if run_id:
-        tracking.set_tag(site.mlflow_client, run_id, STATE_TAG, state.name)
-    _report_progress(site, trial.number, state, values, reason)
-    if interrupted:
-        site.stop.set()
-        if threading.current_thread() is threading.main_thread():
-            raise KeyboardInterrupt
-
-
-def _reporter(site: _Worksite, trial: optuna.Trial) -> Callable[[EpochMetrics], None]:
-    """Per epoch: stop on Ctrl-C elsewhere; every REPORT_EVERY epochs report val MSE and maybe prune.
-
-    Multi-objective studies are never pruned: Optuna's Trial.report refuses them.
-    """
-
-    def on_epoch(metrics: EpochMetrics) -> None:
-        if site.stopping():
-            raise KeyboardInterrupt
-        if (metrics.epoch + 1) % REPORT_EVERY == 0 and not site.plan.space.multi_objective:
-            trial.report(metrics.val_mse, metrics.epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at epoch {metrics.epoch} (val_mse {metrics.val_mse:.5f})")
-
-    return on_epoch
-
-
-def _report_progress(site: _Worksite, number: int, state: TrialState, values: list[float] | None, reason: str) -> None:
-    """Count failures in a row, log the trial's objectives on the study run, and wake the workers waiting."""
-    with site.gate:
-        if state == TrialState.FAIL:
-            site.failures_in_row += 1
-            site.last_failure = reason
-        else:
-            site.failures_in_row = 0
-        if values is not None:
-            trial_metrics = summary.trial_metrics(site.plan.space.objectives, values)
-            tracking.log_metrics(site.mlflow_client, site.run_id, trial_metrics, step=number)
-        site.gate.notify_all()
+    with one_torch_thread():
+        trials.work(site)

@@ -88,6 +88,45 @@ def context_tags() -> dict[str, str]:
     return dict(_context_tags())
 
 
+def start_run(
+    mlflow_client: MlflowClient,
+    run_name: str,
+    *,
+    parent_run_id: str | None = None,
+    resume_run_id: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> str:
+    """Create a run (or mark an earlier one RUNNING again, under `run_name`); its id. End it with `end_after`."""
+    all_tags = dict(tags or {})
+    if parent_run_id:
+        all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+    if not resume_run_id:
+        tags = context_tags() | all_tags
+        return mlflow_client.create_run(experiment_id(mlflow_client), run_name=run_name, tags=tags).info.run_id
+    mlflow_client.update_run(resume_run_id, status=RunStatus.to_string(RunStatus.RUNNING), name=run_name)
+    if STATUS_REASON_TAG in mlflow_client.get_run(resume_run_id).data.tags:  # why it stopped last time
+        mlflow_client.delete_tag(resume_run_id, STATUS_REASON_TAG)
+    set_tags(mlflow_client, resume_run_id, all_tags | {MLFLOW_RUN_NAME: run_name})
+    return resume_run_id
+
+
+def end_after(
+    mlflow_client: MlflowClient,
+    run_id: str,
+    error: BaseException | None,
+    killed_by: tuple[type[BaseException], ...] = (),
+) -> None:
+    """End a run by what stopped it: FINISHED without an error, KILLED on Ctrl-C or a `killed_by` stop, else FAILED."""
+    if error is None:
+        end_run(mlflow_client, run_id, FINISHED)
+    elif isinstance(error, KeyboardInterrupt):
+        end_run(mlflow_client, run_id, KILLED, "interrupted")
+    elif isinstance(error, killed_by):
+        end_run(mlflow_client, run_id, KILLED, str(error) or type(error).__name__)
+    else:
+        end_run(mlflow_client, run_id, FAILED, f"{type(error).__name__}: {error}")
+
+
 @contextmanager
 def run(
     mlflow_client: MlflowClient,
@@ -105,31 +144,13 @@ def run(
     trial): the run ends KILLED with the exception's message as the reason.
     A resumed run takes `run_name` and is marked RUNNING again until it ends.
     """
-    all_tags = dict(tags or {})
-    if parent_run_id:
-        all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
-    if resume_run_id:
-        run_id = resume_run_id
-        mlflow_client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING), name=run_name)
-        if STATUS_REASON_TAG in mlflow_client.get_run(run_id).data.tags:  # why it stopped last time
-            mlflow_client.delete_tag(run_id, STATUS_REASON_TAG)
-        set_tags(mlflow_client, run_id, all_tags | {MLFLOW_RUN_NAME: run_name})
-    else:
-        tags = context_tags() | all_tags
-        run_id = mlflow_client.create_run(experiment_id(mlflow_client), run_name=run_name, tags=tags).info.run_id
+    run_id = start_run(mlflow_client, run_name, parent_run_id=parent_run_id, resume_run_id=resume_run_id, tags=tags)
     try:
         yield run_id
-    except KeyboardInterrupt:
-        end_run(mlflow_client, run_id, KILLED, "interrupted")
-        raise
-    except killed_by as stop:
-        end_run(mlflow_client, run_id, KILLED, str(stop) or type(stop).__name__)
-        raise
     except BaseException as error:
-        end_run(mlflow_client, run_id, FAILED, f"{type(error).__name__}: {error}")
+        end_after(mlflow_client, run_id, error, killed_by)
         raise
-    else:
-        end_run(mlflow_client, run_id, FINISHED)
+    end_after(mlflow_client, run_id, None)
 
 
 def end_run(mlflow_client: MlflowClient, run_id: str, status: str, reason: str | None = None) -> None:

@@ -16,7 +16,7 @@ from conftest import mlflow_run, moonvae, subprocess_env
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from moonvae import metrics, search, spaces, studies, tracking
+from moonvae import metrics, search, spaces, studies, tracking, trials
 from moonvae.config import ConfigError
 from moonvae.train import TrainingDiverged
 
@@ -55,14 +55,15 @@ def fail_when(monkeypatch):
     """Make trials whose config matches a predicate raise, the way a real trial failure surfaces."""
 
     def install(predicate, error=lambda: TrainingDiverged("loss is not finite at epoch 3; try a lower lr")):
-        real = search.run_training
+        real = trials._config
 
-        def run_training(config, *args, **kwargs):
+        def config_of(site, trial):
+            config = real(site, trial)
             if predicate(config):
                 raise error()
-            return real(config, *args, **kwargs)
+            return config
 
-        monkeypatch.setattr(search, "run_training", run_training)
+        monkeypatch.setattr(trials, "_config", config_of)
 
     return install
 
@@ -306,7 +307,7 @@ def test_pruned_and_failed_trials_are_recorded_and_the_study_goes_on(client, mon
 
 def test_repeated_failures_stop_the_call_and_leave_no_run_running(client, fail_when):
     fail_when(lambda config: True, error=lambda: OSError("disk full"))
-    with pytest.raises(search.TooManyFailures, match="5 trials in a row failed, the last with OSError: disk full"):
+    with pytest.raises(trials.TooManyFailures, match="5 trials in a row failed, the last with OSError: disk full"):
         tune(n_trials=3)
     assert by_state(load_study()) == ["FAIL"] * 5
     assert {run.info.status for run in all_runs(client)} == {"FAILED"}
