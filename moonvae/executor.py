@@ -246,8 +246,11 @@ def _children_ignore_signals() -> Iterator[None]:
     Blocked, a signal stays pending (here and in the worker) rather than being lost; each worker
     unblocks once its handler is in place.
     """
-    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    previous = {each: signal.signal(each, signal.SIG_IGN) for each in STOP_SIGNALS}
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # this thread's mask, which the worker inherits
+    # dispositions are the process's, set from its main thread only; blocked is enough for a worker that studies
+    # side by side start from other threads
+    main = threading.current_thread() is threading.main_thread()
+    previous = {each: signal.signal(each, signal.SIG_IGN) for each in STOP_SIGNALS} if main else {}
     try:
         yield
     finally:
