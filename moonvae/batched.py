@@ -403,16 +403,10 @@ class _Stack:
         state = forward(self.layers, self.val_inputs.expand(len(self.members), -1, -1), None)
         return torch.addcmul(state.mse, self.beta[:, 0, 0], state.kl), state.mse, state.kl
 
-    def epoch(self, epoch: int, on_epoch: BatchCallback | None, live: bool = False) -> None:
-        """Train and validate every member for one epoch, let each record it; finished members leave.
-
-        `live`: each member's network holds its current weights while it records the epoch.
-        """
+    def epoch(self, epoch: int, on_epoch: BatchCallback | None) -> None:
+        """Train and validate every member for one epoch, let each record it; finished members leave."""
         train_loss = self.train_epoch()
         figures = torch.stack([train_loss, *self.validate()], dim=1).tolist()
-        if live:
-            for row, member in enumerate(self.members):
-                load_network(member.network, unpad(self.weights[row], self.shapes, layout([member.config])))
         improved, done = [], []
         for row, member in enumerate(self.members):
             member_improved, member_done = member.end_epoch(EpochMetrics(epoch, *figures[row], member.lr), on_epoch)
@@ -504,13 +498,11 @@ def fit_batch(
     on_epoch: BatchCallback | None = None,
     *,
     networks: Sequence[VAE] | None = None,
-    live_epochs: frozenset[int] = frozenset(),
 ) -> list[BatchMember]:
     """train.fit for every config at once; one BatchMember per config, in order.
 
-    `networks` (one per config, as build_model makes them) are trained in place rather
-    than fresh ones; at `live_epochs` each holds its current weights when `on_epoch` sees
-    the epoch (a run's snapshots draw it), and every one ends with its best weights.
+    `networks` (one per config, as build_model makes them) are trained in place of fresh
+    ones, and end with their best weights (a trial's run has made and logged them already).
 
     Each member follows its own lr, ReduceLROnPlateau, gradient clipping, early
     stopping (patience, min_epochs, max_epochs) and keeps its best weights.
@@ -535,7 +527,7 @@ def fit_batch(
     epoch = 0
     while stacks:
         for stack in stacks:
-            stack.epoch(epoch, on_epoch, live=epoch in live_epochs)
+            stack.epoch(epoch, on_epoch)
         stacks = [stack for stack in stacks if stack.members]
         epoch += 1
     return [BatchMember(member.config, member.network, member.result, member.error) for member in members]

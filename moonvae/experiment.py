@@ -85,15 +85,24 @@ class Snapshots:
 
     Logged as MLflow images under the keys `reconstructions` (test data | reconstructions)
     and `samples` (prior | aggregate posterior: one per test point, coloured by the requested
-    moon; the VAE's, blind to moons, in grey), at SNAPSHOT_EPOCHS (step = epoch) and, for
+    moon; the VAE's, blind to moons, in grey), at `epochs` (step = epoch; SNAPSHOT_EPOCHS for a
+    `train` run, none for a tuning trial, where they cost a quarter of its bookkeeping) and, for
     the model the run keeps (the best epoch's weights), at step `max_epochs`: one past any
     epoch, and the same step for every trial of a study, so the UI's image grid, which
     matches steps exactly, shows the trials' kept models side by side. That last
     snapshot is also the run's `plots/reconstruction.png`.
     """
 
-    def __init__(self, mlflow_client: Client, run_id: str, network: VAE, data: moons.MoonsData) -> None:
+    def __init__(
+        self,
+        mlflow_client: Client,
+        run_id: str,
+        network: VAE,
+        data: moons.MoonsData,
+        epochs: frozenset[int] = SNAPSHOT_EPOCHS,
+    ) -> None:
         self._client, self._run_id, self._network, self._data = mlflow_client, run_id, network, data
+        self.epochs = epochs
         self._panels = images.Panels(2, images.frame(data.train.x.numpy()))  # one figure for both keys
 
     def draw(self) -> tuple[np.ndarray, np.ndarray]:
@@ -128,7 +137,7 @@ class Snapshots:
         return drawn
 
     def on_epoch(self, metrics: EpochMetrics) -> None:
-        if metrics.epoch in SNAPSHOT_EPOCHS:
+        if metrics.epoch in self.epochs:
             self.log(metrics.epoch)
 
     def finish(self, max_epochs: int) -> None:
@@ -151,7 +160,12 @@ class TrackedRun:
     """
 
     def __init__(
-        self, config: RunConfig, mlflow_client: Client, run_id: str, cache_dir: Path = moons.DEFAULT_CACHE_DIR
+        self,
+        config: RunConfig,
+        mlflow_client: Client,
+        run_id: str,
+        cache_dir: Path = moons.DEFAULT_CACHE_DIR,
+        snapshot_epochs: frozenset[int] = SNAPSHOT_EPOCHS,
     ) -> None:
         self.config, self.client, self.run_id, self.cache_dir = config, mlflow_client, run_id, cache_dir
         self.data = moons.load(config.data, cache_dir)
@@ -159,7 +173,7 @@ class TrackedRun:
         with np.load(self.data.path) as arrays:
             tracking.log_dataset(mlflow_client, run_id, arrays["X"], arrays["y"], self.data.path)
         self.network = build_model(config.model, config.train.seed)
-        self.snapshots = Snapshots(mlflow_client, run_id, self.network, self.data)
+        self.snapshots = Snapshots(mlflow_client, run_id, self.network, self.data, snapshot_epochs)
         self.buffer = tracking.MetricBuffer(mlflow_client, run_id)
 
     def log_epoch(self, metrics: EpochMetrics) -> None:

@@ -32,8 +32,8 @@ from optuna.trial import FrozenTrial, TrialState
 from moonvae import studies, summary, tracking
 from moonvae.batched import fit_batch
 from moonvae.config import RunConfig
-from moonvae.experiment import SNAPSHOT_EPOCHS, TrackedRun
-from moonvae.spaces import Space
+from moonvae.experiment import TrackedRun
+from moonvae.spaces import PRUNE_AFTER_EPOCHS, Space
 from moonvae.studies import MODEL_ID_ATTR, RUN_ID_ATTR, SOURCE_ATTR, WORKER_ATTR, Target
 from moonvae.tracking import Client
 from moonvae.train import EpochMetrics, TrainResult, fit
@@ -191,6 +191,11 @@ def _config(site: Worksite, trial: optuna.Trial) -> RunConfig:
     return RunConfig.from_flat({**site.target.fixed, **site.space.config_values(trial.params)}).validate()
 
 
+def _tracked_run(site: Worksite, trial: optuna.Trial, run_id: str) -> TrackedRun:
+    """A trial's run logs its kept model's snapshot only: the one the UI's image grid compares across trials."""
+    return TrackedRun(_config(site, trial), site.mlflow_client, run_id, snapshot_epochs=frozenset())
+
+
 def _conclude(site: Worksite, trial: optuna.Trial, tracked: TrackedRun, result: TrainResult) -> list[float]:
     """Measure and log a trained trial, its model only if it leads; keep what the findings read; its values."""
     outcome = tracked.finish(result, log_model=False)
@@ -222,7 +227,7 @@ def _run_trial(site: Worksite, trial: optuna.Trial) -> None:
     try:
         with get_heartbeat_thread(trial._trial_id, site.storage):
             run_id = _start_run(site, trial)
-            tracked = TrackedRun(_config(site, trial), site.mlflow_client, run_id)
+            tracked = _tracked_run(site, trial, run_id)
             reporter = _reporter(site, trial)
 
             def on_epoch(metrics: EpochMetrics) -> None:
@@ -290,7 +295,7 @@ def _run_round(site: Worksite, trials: list[optuna.Trial]) -> None:
                 beats.enter_context(get_heartbeat_thread(entry.trial._trial_id, site.storage))
                 try:
                     entry.run_id = _start_run(site, entry.trial)
-                    entry.tracked = TrackedRun(_config(site, entry.trial), site.mlflow_client, entry.run_id)
+                    entry.tracked = _tracked_run(site, entry.trial, entry.run_id)
                 except Exception as error:
                     entry.error = error
             for group in _groups([entry for entry in entries if entry.error is None]):
@@ -350,7 +355,6 @@ def _train_group(site: Worksite, group: list[_Entry]) -> None:
             data.val,
             on_epoch,
             networks=[each.network for each in tracked],
-            live_epochs=SNAPSHOT_EPOCHS,
         )
     except Exception as error:  # the stack itself broke: every member fails with it
         for entry in group:
@@ -371,7 +375,8 @@ def _reporter(site: Worksite, trial: optuna.Trial) -> Callable[[EpochMetrics], N
             raise KeyboardInterrupt
         if (metrics.epoch + 1) % REPORT_EVERY == 0 and not site.space.multi_objective:
             trial.report(metrics.val_mse, metrics.epoch)
-            if trial.should_prune():
+            # no pruner stops a trial before PRUNE_AFTER_EPOCHS; asking reads every trial from the storage
+            if metrics.epoch >= PRUNE_AFTER_EPOCHS and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {metrics.epoch} (val_mse {metrics.val_mse:.5f})")
 
     return on_epoch
