@@ -273,7 +273,14 @@ def log_dataset(
     """Record the data set as a run input, so the UI shows which data each run used."""
     dataset = mlflow.data.from_numpy(x, targets=y, source=str(Path(source).resolve()), name=Path(source).stem)
     tags = [InputTag(key="mlflow.data.context", value=context)]
-    mlflow_client.log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=tags)])
+    inputs = [DatasetInput(dataset._to_mlflow_entity(), tags=tags)]
+    try:
+        mlflow_client.log_inputs(run_id, datasets=inputs)
+    except mlflow.exceptions.MlflowException as error:
+        if "UNIQUE constraint" not in str(error) and "duplicate key" not in str(error):
+            raise
+        # another run created the experiment's row for this data set a moment ago: use it
+        mlflow_client.log_inputs(run_id, datasets=inputs)
 
 
 def log_text(mlflow_client: MlflowClient, run_id: str, text: str, artifact_file: str) -> None:
