@@ -146,3 +146,16 @@ def test_a_mixture_beats_the_prior_of_small_trained_models(small_config: RunConf
         assert mixture["mmd_ratio"] < prior["mmd_ratio"] / 2 and mixture["c2st"] < prior["c2st"], kind
         if network.n_conditions:
             assert mixture["on_moon"] > 0.9 and mixture["on_moon"] > prior["on_moon"]
+
+
+@pytest.mark.parametrize("covariance", ["full", "diag"])
+@pytest.mark.parametrize("k", [1, 3, 12])
+def test_fit_em_is_scikit_learns_gaussian_mixture(covariance, k):
+    """The batched EM fits what scikit-learn fits from the same seed (its fallback for large inputs is that fit)."""
+    points = torch.cat([gaussian(100, [3.0 * m, -m, 0.5 * m], seed=m, scale=0.2 + 0.3 * m) for m in range(4)])
+    points = points.double().numpy()
+    mine = density.fit_em(points, k, seed=7, covariance=covariance)
+    theirs = density._fit_sklearn(points, k, seed=7, covariance=covariance)
+    for attribute in ("weights_", "means_", "covariances_"):
+        assert getattr(mine, attribute) == pytest.approx(getattr(theirs, attribute), rel=1e-6, abs=1e-9)
+    assert mine.score_samples(points[:50]) == pytest.approx(theirs.score_samples(points[:50]), rel=1e-9)
