@@ -56,6 +56,7 @@ format: install
 bench: install
 	$(BIN)/python bench/train_speed.py
 	$(BIN)/python bench/tune_speed.py
+	$(BIN)/python bench/study_speed.py --skip-epoch
 	$(BIN)/python bench/analyse_speed.py
 
 clean:

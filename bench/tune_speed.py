@@ -4,7 +4,8 @@ Runs the probabilistic space (its trials differ only in eps_w and beta, so they
 cost about the same) at the study's default model for a fixed number of epochs
 (early stopping off), in a fresh sqlite tracking store and Optuna storage:
   bare       fit() alone, per trial, with torch's default threads and with one
-  n_jobs=1   a study of --trials trials, wall seconds per trial (trials train on one thread)
+  n_jobs=1   a study of --trials trials, one at a time (trials_at_once=1, so each trains with fit), wall
+             seconds per trial (trials train on one thread)
   n_jobs=2   the same with two worker threads
 The difference between bare and n_jobs=1 is the tuner's cost: MLflow runs,
 batched metrics, plots, the logged model, Optuna reports and bookkeeping.
@@ -32,7 +33,9 @@ from moonvae.train import fit
 def study_seconds_per_trial(folder: Path, trials: int, epochs: int, n_jobs: int) -> float:
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlflow.db'}"
     fixed = {"max_epochs": epochs, "patience": epochs}
-    plan = search.plan("vae", "probabilistic", trials, study_base=f"bench-{n_jobs}", n_jobs=n_jobs, fixed=fixed)
+    plan = search.plan(
+        "vae", "probabilistic", trials, study_base=f"bench-{n_jobs}", n_jobs=n_jobs, fixed=fixed, trials_at_once=1
+    )
     start = time.perf_counter()
     search.run(plan, tracking.client())
     return (time.perf_counter() - start) / trials

@@ -13,7 +13,7 @@ from typing import Any
 
 MODELS = ("vae", "cvae")  # the model kinds: an unconditional VAE, and a CVAE conditioned on the moon
 N_TRIALS = 100  # trials a study holds when `tune` is not told otherwise, as in the study
-TRIALS_AT_ONCE = 1  # K: trials a worker trains together as one vectorised model (trials.py)
+TRIALS_AT_ONCE = 8  # K: trials a worker trains together as one vectorised model (trials.py)
 # where a model's samples draw their latents: the aggregate posterior, the prior N(0, I), a fitted latent mixture
 SOURCES = ("posterior", "prior", "mixture")
 

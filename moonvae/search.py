@@ -28,7 +28,7 @@ from optuna.storages import RDBStorage
 
 from moonvae import data as moons
 from moonvae import executor, spaces, studies, summary, tracking, trials
-from moonvae.config import MODELS, N_TRIALS, ConfigError, RunConfig
+from moonvae.config import MODELS, N_TRIALS, TRIALS_AT_ONCE, ConfigError, RunConfig
 from moonvae.progress import Progress
 from moonvae.spaces import SPACES, Space
 from moonvae.studies import RUN_ID_ATTR, Target
@@ -96,7 +96,7 @@ def plan(
     pruner: str = "auto",
     fixed: dict[str, Any] | None = None,
     workers: int = 1,
-    trials_at_once: int = 1,
+    trials_at_once: int = TRIALS_AT_ONCE,
     runner: executor.Executor | None = None,
 ) -> Plan:
     """Validate every input, open the storage and check or create the studies.

@@ -29,11 +29,11 @@ from optuna.storages import RDBStorage
 from optuna.storages._heartbeat import get_heartbeat_thread  # what Study.optimize uses; ask/tell has no public one
 from optuna.trial import FrozenTrial, TrialState
 
-from moonvae import studies, summary, tracking
+from moonvae import spaces, studies, summary, tracking
 from moonvae.batched import fit_batch
 from moonvae.config import RunConfig
 from moonvae.experiment import TrackedRun
-from moonvae.spaces import PRUNE_AFTER_EPOCHS, Space
+from moonvae.spaces import Space
 from moonvae.studies import MODEL_ID_ATTR, RUN_ID_ATTR, SOURCE_ATTR, WORKER_ATTR, Target
 from moonvae.tracking import Client
 from moonvae.train import EpochMetrics, TrainResult, fit
@@ -300,19 +300,24 @@ def _run_round(site: Worksite, trials: list[optuna.Trial]) -> None:
                     entry.error = error
             for group in _groups([entry for entry in entries if entry.error is None]):
                 _train_group(site, group)
-        except KeyboardInterrupt as interrupt:
+        except KeyboardInterrupt as stopped:
             for entry in entries:
-                entry.error = entry.error or interrupt
+                entry.error = entry.error or stopped
         finally:
             for entry in entries:
                 if entry.tracked is not None:
                     entry.tracked.close()
+        interrupt: KeyboardInterrupt | None = None
         for entry in entries:
             values = None
-            if entry.error is None:
+            if entry.error is None and interrupt is not None:
+                entry.error = interrupt  # Ctrl-C while an earlier trial of the round was measured
+            elif entry.error is None:
                 try:
                     assert entry.tracked is not None and entry.result is not None
                     values = _conclude(site, entry.trial, entry.tracked, entry.result)
+                except KeyboardInterrupt as stop:
+                    interrupt = entry.error = stop
                 except Exception as error:
                     entry.error = error
             try:
@@ -376,7 +381,7 @@ def _reporter(site: Worksite, trial: optuna.Trial) -> Callable[[EpochMetrics], N
         if (metrics.epoch + 1) % REPORT_EVERY == 0 and not site.space.multi_objective:
             trial.report(metrics.val_mse, metrics.epoch)
             # no pruner stops a trial before PRUNE_AFTER_EPOCHS; asking reads every trial from the storage
-            if metrics.epoch >= PRUNE_AFTER_EPOCHS and trial.should_prune():
+            if metrics.epoch >= spaces.PRUNE_AFTER_EPOCHS and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {metrics.epoch} (val_mse {metrics.val_mse:.5f})")
 
     return on_epoch

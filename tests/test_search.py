@@ -4,6 +4,8 @@ Trials are tiny (200 points, a dozen epochs) so a study of a few trials takes se
 what is checked is the bookkeeping: counts, nesting, states, reasons, registration.
 """
 
+import math
+import os
 import subprocess
 import sys
 import threading
@@ -146,6 +148,21 @@ def test_trials_nest_under_one_study_run_with_two_workers(client):
     assert len(table) == 4 and set(table["user_attrs_mlflow_run_id"]) == {run.info.run_id for run in trials}
 
 
+def test_both_models_study_side_by_side_each_in_a_worker_process_of_its_own(client):
+    results = tune(model="both", n_trials=3)
+    assert [result.model for result in results] == ["vae", "cvae"]
+    workers = {}
+    for result in results:
+        study = load_study(result.name)
+        assert by_state(study) == ["COMPLETE"] * 3 and result.registered is not None
+        assert {run.info.run_id for run in children(client, result.run_id)} == {
+            trial.user_attrs["mlflow_run_id"] for trial in study.trials
+        }
+        workers[result.model] = {trial.user_attrs["moonvae.worker"]["pid"] for trial in study.trials}
+    assert len(workers["vae"]) == len(workers["cvae"]) == 1  # one worker each, trials in rounds
+    assert workers["vae"] != workers["cvae"] and os.getpid() not in workers["vae"] | workers["cvae"]
+
+
 def test_a_study_run_shows_how_the_study_converged_and_what_it_found(client):
     (result,) = tune(n_trials=3, n_jobs=2)
     study = load_study()
@@ -282,7 +299,7 @@ def test_pruned_and_failed_trials_are_recorded_and_the_study_goes_on(client, mon
     monkeypatch.setattr(spaces, "PRUNE_AFTER_EPOCHS", 0)
     monkeypatch.setattr(spaces, "MEDIAN_STARTUP_TRIALS", 1)
     fail_when(lambda config: config.train.lr == 0.0123)
-    plan = search.plan(model="vae", n_trials=3, fixed={"n_samples": 200, "max_epochs": 20})
+    plan = search.plan(model="vae", n_trials=3, fixed={"n_samples": 200, "max_epochs": 20}, trials_at_once=1)
     study = plan.studies["moonvae-vae-basic"]
     good = {"lr": 0.01, "batch_size": 32, "encoder_hidden": 16, "latent_dim": 16, "decoder_hidden": 64}
     study.enqueue_trial(good)
@@ -305,19 +322,75 @@ def test_pruned_and_failed_trials_are_recorded_and_the_study_goes_on(client, mon
     assert study.trials[2].user_attrs["reason"].startswith("TrainingDiverged")
 
 
-def test_repeated_failures_stop_the_call_and_leave_no_run_running(client, fail_when):
+def test_a_round_trains_its_trials_together_and_ends_each_on_its_own(client, monkeypatch, fail_when):
+    """K = 2: the second round sees the first: one trial pruned, one failed, neither stops the other or the study."""
+    monkeypatch.setattr(spaces, "PRUNE_AFTER_EPOCHS", 0)
+    monkeypatch.setattr(spaces, "MEDIAN_STARTUP_TRIALS", 1)
+    fail_when(lambda config: config.train.lr == 0.0123)
+    plan = search.plan(model="vae", n_trials=4, fixed={"n_samples": 200, "max_epochs": 20}, trials_at_once=2)
+    study = plan.studies["moonvae-vae-basic"]
+    good = {"lr": 0.01, "batch_size": 32, "encoder_hidden": 16, "latent_dim": 16, "decoder_hidden": 64}
+    study.enqueue_trial(good)
+    study.enqueue_trial(good | {"encoder_hidden": 8, "batch_size": 64})  # another stack: another batch size
+    study.enqueue_trial(good | {"lr": 1e-4, "decoder_hidden": 2, "latent_dim": 2})  # far behind at epoch 9
+    study.enqueue_trial(good | {"lr": 0.0123})
+    search.run(plan, tracking.client())
+
+    states = [trial.state for trial in study.trials]
+    assert states[:4] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL]
+    assert len(states) == 5 and states[4] != TrialState.FAIL  # the failure was replaced in a third round
+    for trial in study.trials[:2]:
+        run = client.get_run(trial.user_attrs["mlflow_run_id"])
+        assert run.info.status == "FINISHED" and run.data.params["lr"] == str(trial.params["lr"])
+        assert len(client.get_metric_history(run.info.run_id, "val_mse")) == 20  # its own curve, every epoch
+        assert run.data.metrics["best_val_mse"] == pytest.approx(trial.value)
+    pruned = client.get_run(study.trials[2].user_attrs["mlflow_run_id"])
+    assert pruned.info.status == "KILLED" and pruned.data.tags["moonvae.status_reason"].startswith("pruned at epoch 9")
+    assert len(client.get_metric_history(pruned.info.run_id, "val_mse")) == 10
+    failed = client.get_run(study.trials[3].user_attrs["mlflow_run_id"])
+    assert failed.info.status == "FAILED" and study.trials[3].user_attrs["reason"].startswith("TrainingDiverged")
+    assert "RUNNING" not in {run.info.status for run in all_runs(client)}
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_a_seeded_study_is_the_same_twice_at_any_k(workdir, k):
+    """Rounds end in trial order and see only finished trials, so timing cannot change a seeded TPE study."""
+    values = []
+    for name in ("first", "second"):
+        plan = search.plan("vae", "basic", 6, study_base=name, fixed=TINY, trials_at_once=k)
+        search.run(plan, tracking.client())
+        values.append([(trial.params, trial.value) for trial in plan.studies[name].trials])
+    assert values[0] == values[1]
+
+
+def test_only_a_trial_that_leads_logs_its_model(client):
+    plan = search.plan("vae", "probabilistic", 6, fixed=TINY, trials_at_once=3)
+    search.run(plan, tracking.client())
+    study = plan.studies["moonvae-vae-probabilistic"]
+    best_so_far, logged = math.inf, []
+    for trial in study.trials:  # a round's trials end in trial order, each judged against those ended before it
+        leads = trial.value < best_so_far
+        best_so_far = min(best_so_far, trial.value)
+        logged.append(("mlflow_model_id" in trial.user_attrs) == leads)
+    assert all(logged) and "mlflow_model_id" in study.best_trial.user_attrs
+
+
+@pytest.mark.parametrize(("k", "failed"), [(1, 5), (8, 6)])  # rounds of 3 (n_trials): the check comes between rounds
+def test_repeated_failures_stop_the_call_and_leave_no_run_running(client, fail_when, k, failed):
     fail_when(lambda config: True, error=lambda: OSError("disk full"))
-    with pytest.raises(trials.TooManyFailures, match="5 trials in a row failed, the last with OSError: disk full"):
-        tune(n_trials=3)
-    assert by_state(load_study()) == ["FAIL"] * 5
+    message = f"{failed} trials in a row failed, the last with OSError: disk full"
+    with pytest.raises(trials.TooManyFailures, match=message):
+        tune(n_trials=3, trials_at_once=k)
+    assert by_state(load_study()) == ["FAIL"] * failed
     assert {run.info.status for run in all_runs(client)} == {"FAILED"}
 
 
-def test_ctrl_c_kills_the_runs_and_fails_the_trial(client, fail_when):
+@pytest.mark.parametrize(("k", "failed"), [(1, 1), (8, 3)])  # a round of 3 ends together
+def test_ctrl_c_kills_the_runs_and_fails_the_trial(client, fail_when, k, failed):
     fail_when(lambda config: True, error=KeyboardInterrupt)
     with pytest.raises(KeyboardInterrupt):
-        tune(n_trials=3)
-    assert by_state(load_study()) == ["FAIL"]
+        tune(n_trials=3, trials_at_once=k)
+    assert by_state(load_study()) == ["FAIL"] * failed
     assert {(run.info.status, run.data.tags["moonvae.status_reason"]) for run in all_runs(client)} == {
         ("KILLED", "interrupted")
     }
