@@ -132,7 +132,7 @@ def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
 def generator_rule() -> str:
     return (
         f"the Pareto trial with the lowest mmd_ratio among those whose best_val_mse is within "
-        f"{registry.GENERATOR_MSE_FACTOR:g}x the study's best"
+        f"{registry.GENERATOR_MSE_FACTOR:g}x the study's best or at most {registry.GENERATOR_MSE_TOLERANCE:g}"
     )
 
 

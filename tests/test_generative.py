@@ -122,6 +122,9 @@ def test_the_generator_rule_trades_no_more_than_the_stated_reconstruction():
     front = [(0, 0.001, 9.0), (1, 0.0019, 2.0), (2, 0.0025, 1.1), (3, 0.01, 1.0)]
     assert registry.generator_trial(front) == 1  # 2 and 3 sample better but reconstruct > 2x worse than 0
     assert registry.generator_trial([(4, 0.002, 3.0)]) == 4
+    # near-perfect reconstructions: the bound is the stated tolerance, not 2x a best of 2e-7
+    tiny = [(5, 2e-7, 2.3), (6, 3e-7, 2.1), (7, 6e-6, 0.7), (8, 2.5e-4, 0.5)]
+    assert registry.generator_trial(tiny) == 7  # 8 samples better but reconstructs worse than 1e-4
     assert registry.generator_trial([]) is None
     assert registry.alias_for("generative") == "generator" and registry.alias_for("basic") == "champion"
 
