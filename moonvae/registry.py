@@ -16,8 +16,8 @@ GENERATOR = "generator"  # the generative search's best sampler among its good r
 DEFAULT_SPACE = "basic"  # the search whose best becomes the champion
 GENERATIVE_SPACE = "generative"  # the search whose Pareto front gives the generator
 GENERATOR_MSE_FACTOR = 2.0  # the generator reconstructs within this factor of the study's best validation MSE,
-# or at least this well: a 0.01 rms error, invisible against the data's noise (0.15) and range. Without it, a study whose
-# best reconstruction is near 0 (tiny eps_w: 2e-7) admitted only near-deterministic autoencoders, which sample worse
+# or at least this well: a 0.01 rms error, invisible against the data's noise (0.15) and range. Without it, a
+# study whose best reconstruction is near 0 (tiny eps_w: 2e-7) admitted only near-deterministic autoencoders
 GENERATOR_MSE_TOLERANCE = 1e-4
 DESCRIPTION = "A VAE or CVAE on the two-moons data, tuned by moonvae"
 
