@@ -2,7 +2,8 @@
 
 The probabilistic space at the study's default model for a fixed number of epochs (early
 stopping off): its random draws depend on the seed and the trial number only, so every
-mode below trains the very same trials, in a fresh sqlite tracking store and Optuna storage.
+mode below trains the very same trials, in a fresh sqlite tracking store and Optuna storage,
+each worker (or thread) 8 trials at a time (`trials_at_once`, the default).
   one worker    workers=1, n_jobs=1: the trials one after another, in this process
   threads       n_jobs=2: two threads in this process, sharing one interpreter lock
   processes     workers=2: two spawned processes
