@@ -9,7 +9,7 @@ the Pareto front's size, the generator's params, its validation figures, and the
 full-protocol mmd_ratio (+- its standard error), c2st, copying, spacing and on_moon.
 The goals: MMD ratio <= 1.5, C2ST <= 0.52, copying >= 0.95 (CVAE on moon >= 0.995).
 
-Run: python bench/generative_study.py [--trials 25] [--max-epochs 200] [--n-jobs 2] [--folder DIR]
+Run: python bench/generative_study.py [--trials 25] [--max-epochs 200] [--n-jobs 1] [--folder DIR]
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=25)
     parser.add_argument("--max-epochs", type=int, default=200)
-    parser.add_argument("--n-jobs", type=int, default=2)
+    parser.add_argument("--n-jobs", type=int, default=1)
     parser.add_argument("--models", nargs="+", default=["vae", "cvae"])
     parser.add_argument("--folder", help="keep the stores here (default: a temporary folder)")
     args = parser.parse_args()
