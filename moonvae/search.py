@@ -69,6 +69,7 @@ class Order:
     n_trials: int
     n_jobs: int
     trials_at_once: int
+    workers: int
     pruner: str
     seed: int
     max_epochs: int
@@ -288,6 +289,7 @@ def _run_study(
             n_trials=plan.n_trials,
             n_jobs=plan.n_jobs,
             trials_at_once=plan.trials_at_once,
+            workers=plan.workers,
             pruner=plan.pruner,
             seed=plan.seed,
             max_epochs=plan.max_epochs,
@@ -340,6 +342,7 @@ def work(order: Order, worker: int, signalled: threading.Event) -> None:
         storage=storage,
         n_jobs=order.n_jobs,
         trials_at_once=order.trials_at_once,
+        workers=order.workers,
         target=order.target,
         study=study,
         mlflow_client=mlflow_client,

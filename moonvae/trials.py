@@ -15,6 +15,7 @@ same trial for trial on every run, at any K.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import Counter, defaultdict
@@ -59,6 +60,7 @@ class Worksite:
     storage: RDBStorage
     n_jobs: int  # threads working on the study here
     trials_at_once: int  # K: trials a thread trains together as one stack
+    workers: int  # the call's worker processes (or Ray tasks): a round takes no more than its share of the places
     target: Target
     study: optuna.Study
     mlflow_client: Client
@@ -125,10 +127,20 @@ def _count(study: optuna.Study) -> Counter[str]:
 
 
 def _next_trials(site: Worksite, count: int) -> list[optuna.Trial]:
-    """Up to `count` trials for one round: the first as `_next_trial` asks it, the others while places are free."""
+    """Up to `count` trials for one round: the first as `_next_trial` asks it, the others while places are free.
+
+    A round takes at most its thread's share of the free places, so the call's other
+    workers and threads do not wait while one trains the study's last trials alone.
+    """
     with site.gate:
-        asked = []
-        while len(asked) < count and (trial := _next_trial(site, wait=not asked)) is not None:
+        first = _next_trial(site)
+        if first is None:
+            return []
+        counts = _count(site.study)
+        free = site.n_trials - counts["done"] - counts["running"] + 1  # the first one's place included
+        share = max(1, math.ceil(free / (site.workers * site.n_jobs)))
+        asked = [first]
+        while len(asked) < min(count, share) and (trial := _next_trial(site, wait=False)) is not None:
             asked.append(trial)
         return asked
 

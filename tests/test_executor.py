@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 from toy_workers import toy_work
 
 from moonvae import executor, search, studies, tracking
+from moonvae.config import TRIALS_AT_ONCE
 from moonvae.executor import Local
 
 STOP_WAIT_SECONDS = 120  # for a signalled `tune` to end its trials and exit; generous for a busy CI runner
@@ -126,13 +127,15 @@ def training(storage: str, study_name: str) -> list[optuna.trial.FrozenTrial]:
     return [t for t in study.trials if t.state == TrialState.RUNNING and studies.WORKER_ATTR in t.user_attrs]
 
 
-def wait_for_training(storage: str, trials: int, tune: subprocess.Popen, log: Path) -> None:
+def wait_for_training(storage: str, trials: int, tune: subprocess.Popen, log: Path) -> set[int]:
+    """Until `trials` trials train; their numbers."""
     deadline = time.monotonic() + STOP_WAIT_SECONDS
-    while len(training(storage, "moonvae-vae-basic")) < trials:
+    while len(running := training(storage, "moonvae-vae-basic")) < trials:
         assert tune.poll() is None, log.read_text()[-3000:]
         if time.monotonic() > deadline:
             pytest.fail(f"no {trials} trials training after {STOP_WAIT_SECONDS} s:\n{log.read_text()[-3000:]}")
         time.sleep(0.2)
+    return {trial.number for trial in running}
 
 
 @pytest.mark.slow
@@ -141,7 +144,8 @@ def test_sigterm_ends_a_tune_like_ctrl_c(workdir, workers):
     """What Docker, Kubernetes, systemd and `timeout` send: runs end KILLED, trials FAIL, exit 128 + 15."""
     tune = start_tune(workdir, "--workers", str(workers))
     storage = f"sqlite:///{workdir / 'optuna.db'}"
-    wait_for_training(storage, workers, tune, workdir / "tune.log")
+    # each worker trains a round of TRIALS_AT_ONCE trials (50 places: a full round each), for 5000 epochs
+    running = wait_for_training(storage, workers * TRIALS_AT_ONCE, tune, workdir / "tune.log")
     tune.send_signal(signal.SIGTERM)
     tune.wait(timeout=STOP_WAIT_SECONDS)
     output = (workdir / "tune.log").read_text()
@@ -149,7 +153,8 @@ def test_sigterm_ends_a_tune_like_ctrl_c(workdir, workers):
     assert output.strip().endswith("moonvae: terminated")
     study = studies.load(storage, "moonvae-vae-basic")
     failed = [trial for trial in study.trials if trial.state == TrialState.FAIL]
-    assert len(failed) == workers and TrialState.RUNNING not in {trial.state for trial in study.trials}
+    assert {trial.number for trial in failed} == running  # every trial of the stopped rounds, no other
+    assert TrialState.RUNNING not in {trial.state for trial in study.trials}
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     runs = client.search_runs([experiment.experiment_id for experiment in client.search_experiments()])
     assert "RUNNING" not in {run.info.status for run in runs}

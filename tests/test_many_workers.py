@@ -26,7 +26,8 @@ pytestmark = pytest.mark.slow
 
 WORKER_SECONDS = 900
 STUDY = "moonvae-vae-basic"
-TRIALS = ["--model", "vae", "--max-epochs", "15", "--n-samples", "400"]
+# one trial at a time: two calls do not know of each other, and a round of 8 would take the whole study
+TRIALS = ["--model", "vae", "--max-epochs", "15", "--n-samples", "400", "--trials-at-once", "1"]
 
 
 def start_worker(folder: Path, tracking_uri: str, *args: str) -> tuple[subprocess.Popen, Path]:

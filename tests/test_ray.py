@@ -32,7 +32,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 TUNE_SECONDS = 900
 TASK = "study_worker"  # its process shows as ray::study_worker; ray::IDLE and the agents are not tasks
-TRIALS = ["--model", "vae", "--max-epochs", "15", "--n-samples", "400", "--workers", "2"]
+# one trial at a time per worker, so a killed worker process takes one trial with it (a round takes all of its own)
+TRIALS = ["--model", "vae", "--max-epochs", "15", "--n-samples", "400", "--workers", "2", "--trials-at-once", "1"]
 SHORT_HEARTBEAT = {"MOONVAE_HEARTBEAT_SECONDS": "1", "MOONVAE_GRACE_SECONDS": "10"}  # a dead worker's trial: 10 s
 
 
