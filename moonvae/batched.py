@@ -435,21 +435,29 @@ class _Stack:
         self._set_constants()
 
 
+def shared(config: RunConfig) -> dict[str, object]:
+    """What the members of one fit_batch call must share: the data, the batch size, the model kind and the depths.
+
+    Everything else (widths, latent size, lr, eps_w, beta, seeds, schedules) may differ.
+    """
+    model = config.model
+    return {
+        "data": config.data,
+        "batch_size": config.train.batch_size,
+        "model": model.model,
+        "encoder depth": len(model.encoder_hidden),
+        "decoder depth": len(model.decoder_hidden),
+    }
+
+
 def _check_compatible(configs: Sequence[RunConfig]) -> None:
-    """Members share the data, the batch size, the model kind and the depths; everything else may differ."""
     if not configs:
         raise ValueError("fit_batch needs at least one config")
-    first = configs[0]
+    first = shared(configs[0])
     for config in configs[1:]:
-        for what, mine, theirs in (
-            ("data", config.data, first.data),
-            ("batch_size", config.train.batch_size, first.train.batch_size),
-            ("model", config.model.model, first.model.model),
-            ("encoder depth", len(config.model.encoder_hidden), len(first.model.encoder_hidden)),
-            ("decoder depth", len(config.model.decoder_hidden), len(first.model.decoder_hidden)),
-        ):
-            if mine != theirs:
-                raise ValueError(f"batch members must share their {what}: {mine} != {theirs}")
+        for what, mine in shared(config).items():
+            if mine != first[what]:
+                raise ValueError(f"batch members must share their {what}: {mine} != {first[what]}")
 
 
 def step_cost(configs: Sequence[RunConfig]) -> float:

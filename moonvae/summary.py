@@ -112,16 +112,14 @@ def best_so_far(study: optuna.Study) -> dict[str, str]:
     return {"best": f"{min(trial.values[0] for trial in complete):.5f}"}
 
 
+def dominates(other: list[float], values: list[float]) -> bool:
+    """Whether `other` is no worse in every objective (all minimised) and differs: Optuna's Pareto dominance."""
+    return all(o <= v for o, v in zip(other, values, strict=True)) and other != values
+
+
 def dominant(trials: list[FrozenTrial]) -> list[FrozenTrial]:
-    """The trials no other trial beats in every objective (all minimised): the Pareto front, as Optuna's."""
-    return [
-        trial
-        for trial in trials
-        if not any(
-            all(o <= t for o, t in zip(other.values, trial.values, strict=True)) and other.values != trial.values
-            for other in trials
-        )
-    ]
+    """The trials no other trial dominates: the Pareto front, as Optuna's."""
+    return [trial for trial in trials if not any(dominates(other.values, trial.values) for other in trials)]
 
 
 def pareto_front(study: optuna.Study) -> list[FrozenTrial]:

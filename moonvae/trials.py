@@ -30,8 +30,7 @@ from optuna.storages import RDBStorage
 from optuna.storages._heartbeat import get_heartbeat_thread  # what Study.optimize uses; ask/tell has no public one
 from optuna.trial import FrozenTrial, TrialState
 
-from moonvae import spaces, studies, summary, tracking
-from moonvae.batched import fit_batch
+from moonvae import batched, spaces, studies, summary, tracking
 from moonvae.config import RunConfig
 from moonvae.experiment import TrackedRun
 from moonvae.spaces import Space
@@ -112,7 +111,7 @@ def _work(site: Worksite) -> None:
         while (trial := _next_trial(site)) is not None:
             _run_trial(site, trial)
         return
-    while trials := _next_trials(site, site.trials_at_once):
+    while trials := _next_trials(site):
         _run_round(site, trials)
 
 
@@ -126,8 +125,8 @@ def _count(study: optuna.Study) -> Counter[str]:
     )
 
 
-def _next_trials(site: Worksite, count: int) -> list[optuna.Trial]:
-    """Up to `count` trials for one round: the first as `_next_trial` asks it, the others while places are free.
+def _next_trials(site: Worksite) -> list[optuna.Trial]:
+    """Up to K trials for one round: the first as `_next_trial` asks it, the others while places are free.
 
     A round takes at most its thread's share of the free places, so the call's other
     workers and threads do not wait while one trains the study's last trials alone.
@@ -140,7 +139,7 @@ def _next_trials(site: Worksite, count: int) -> list[optuna.Trial]:
         free = site.n_trials - counts["done"] - counts["running"] + 1  # the first one's place included
         share = max(1, math.ceil(free / (site.workers * site.n_jobs)))
         asked = [first]
-        while len(asked) < min(count, share) and (trial := _next_trial(site, wait=False)) is not None:
+        while len(asked) < min(site.trials_at_once, share) and (trial := _next_trial(site, wait=False)) is not None:
             asked.append(trial)
         return asked
 
@@ -230,7 +229,7 @@ def _leads(study: optuna.Study, values: list[float]) -> bool:
     others = [trial.values for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
     if len(values) == 1:
         return all(values[0] < other[0] for other in others)
-    return not any(all(o <= v for o, v in zip(other, values, strict=True)) and other != values for other in others)
+    return not any(summary.dominates(other, values) for other in others)
 
 
 def _run_trial(site: Worksite, trial: optuna.Trial) -> None:
@@ -277,9 +276,14 @@ def _end(
         tracking.set_tag(site.mlflow_client, run_id, STATE_TAG, state.name)
     _report_progress(site, trial.number, state, values, reason)
     if isinstance(error, KeyboardInterrupt):
-        site.stop.set()
-        if threading.current_thread() is threading.main_thread():
-            raise KeyboardInterrupt
+        _stop_others(site)
+
+
+def _stop_others(site: Worksite) -> None:
+    """Ctrl-C ended a trial: the site's other threads stop at their next epoch, and the main thread raises it again."""
+    site.stop.set()
+    if threading.current_thread() is threading.main_thread():
+        raise KeyboardInterrupt
 
 
 @dataclass
@@ -337,20 +341,15 @@ def _run_round(site: Worksite, trials: list[optuna.Trial]) -> None:
             except KeyboardInterrupt:
                 continue  # the round's other trials end too; the interrupt is raised again below
     if any(isinstance(entry.error, KeyboardInterrupt) for entry in entries):
-        site.stop.set()
-        if threading.current_thread() is threading.main_thread():
-            raise KeyboardInterrupt
+        _stop_others(site)
 
 
 def _groups(entries: list[_Entry]) -> list[list[_Entry]]:
-    """Entries that may share a stack (batched.fit_batch's rule), in trial order."""
+    """Entries that may share a stack (batched.shared), in trial order."""
     groups: dict[tuple[Any, ...], list[_Entry]] = defaultdict(list)
     for entry in entries:
         assert entry.tracked is not None
-        config = entry.tracked.config
-        model = config.model
-        key = (config.data, config.train.batch_size, model.model, len(model.encoder_hidden), len(model.decoder_hidden))
-        groups[key].append(entry)
+        groups[tuple(batched.shared(entry.tracked.config).values())].append(entry)
     return list(groups.values())
 
 
@@ -366,7 +365,7 @@ def _train_group(site: Worksite, group: list[_Entry]) -> None:
 
     data = tracked[0].data
     try:
-        members = fit_batch(
+        members = batched.fit_batch(
             [each.config for each in tracked],
             data.train,
             data.val,
