@@ -295,17 +295,26 @@ def test_the_studys_data_grid_visits_its_21_points_once(client):
     assert {n for n, _ in points} == {200, 2000, 20000}
 
 
-def test_pruned_and_failed_trials_are_recorded_and_the_study_goes_on(client, monkeypatch, fail_when):
+GOOD = {"lr": 0.01, "batch_size": 32, "encoder_hidden": 16, "latent_dim": 16, "decoder_hidden": 64}
+BEHIND = GOOD | {"lr": 1e-4, "decoder_hidden": 2, "latent_dim": 2}  # far behind at epoch 9: pruned
+DIVERGING = GOOD | {"lr": 0.0123}  # fails, as fail_when is told below
+
+
+def run_queued(monkeypatch, fail_when, n_trials: int, k: int, queued: list[dict]) -> optuna.Study:
+    """A basic study that prunes from epoch 9 once a trial finished, whose lr=0.0123 trials diverge, `queued` first."""
     monkeypatch.setattr(spaces, "PRUNE_AFTER_EPOCHS", 0)
     monkeypatch.setattr(spaces, "MEDIAN_STARTUP_TRIALS", 1)
-    fail_when(lambda config: config.train.lr == 0.0123)
-    plan = search.plan(model="vae", n_trials=3, fixed={"n_samples": 200, "max_epochs": 20}, trials_at_once=1)
+    fail_when(lambda config: config.train.lr == DIVERGING["lr"])
+    plan = search.plan(model="vae", n_trials=n_trials, fixed={"n_samples": 200, "max_epochs": 20}, trials_at_once=k)
     study = plan.studies["moonvae-vae-basic"]
-    good = {"lr": 0.01, "batch_size": 32, "encoder_hidden": 16, "latent_dim": 16, "decoder_hidden": 64}
-    study.enqueue_trial(good)
-    study.enqueue_trial(good | {"lr": 1e-4, "decoder_hidden": 2, "latent_dim": 2})  # far behind at epoch 9
-    study.enqueue_trial(good | {"lr": 0.0123})
+    for params in queued:
+        study.enqueue_trial(params)
     search.run(plan, tracking.client())
+    return study
+
+
+def test_pruned_and_failed_trials_are_recorded_and_the_study_goes_on(client, monkeypatch, fail_when):
+    study = run_queued(monkeypatch, fail_when, 3, 1, [GOOD, BEHIND, DIVERGING])
 
     states = [trial.state for trial in study.trials]
     assert states[:3] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL]
@@ -324,17 +333,8 @@ def test_pruned_and_failed_trials_are_recorded_and_the_study_goes_on(client, mon
 
 def test_a_round_trains_its_trials_together_and_ends_each_on_its_own(client, monkeypatch, fail_when):
     """K = 2: the second round sees the first: one trial pruned, one failed, neither stops the other or the study."""
-    monkeypatch.setattr(spaces, "PRUNE_AFTER_EPOCHS", 0)
-    monkeypatch.setattr(spaces, "MEDIAN_STARTUP_TRIALS", 1)
-    fail_when(lambda config: config.train.lr == 0.0123)
-    plan = search.plan(model="vae", n_trials=4, fixed={"n_samples": 200, "max_epochs": 20}, trials_at_once=2)
-    study = plan.studies["moonvae-vae-basic"]
-    good = {"lr": 0.01, "batch_size": 32, "encoder_hidden": 16, "latent_dim": 16, "decoder_hidden": 64}
-    study.enqueue_trial(good)
-    study.enqueue_trial(good | {"encoder_hidden": 8, "batch_size": 64})  # another stack: another batch size
-    study.enqueue_trial(good | {"lr": 1e-4, "decoder_hidden": 2, "latent_dim": 2})  # far behind at epoch 9
-    study.enqueue_trial(good | {"lr": 0.0123})
-    search.run(plan, tracking.client())
+    other_stack = GOOD | {"encoder_hidden": 8, "batch_size": 64}  # another batch size: another fit_batch call
+    study = run_queued(monkeypatch, fail_when, 4, 2, [GOOD, other_stack, BEHIND, DIVERGING])
 
     states = [trial.state for trial in study.trials]
     assert states[:4] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL]
