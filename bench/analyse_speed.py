@@ -21,10 +21,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from moonvae import data, evaluate, figures, generation, quality, report, sources
+from moonvae.analysis import aliases, figures, reconstruction, report
 from moonvae.config import ModelConfig, RunConfig, TrainConfig
-from moonvae.models import build_model, latent_bank
-from moonvae.train import fit
+from moonvae.core import data
+from moonvae.core.models import build_model, latent_bank
+from moonvae.core.train import fit
+from moonvae.sampling import quality, sources
 
 T = TypeVar("T")
 
@@ -38,7 +40,7 @@ def timed(label: str, func: Callable[[], T]) -> T:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n-eval", type=int, default=evaluate.N_EVAL)
+    parser.add_argument("--n-eval", type=int, default=reconstruction.N_EVAL)
     args = parser.parse_args()
     config = RunConfig()
     with tempfile.TemporaryDirectory() as tmp:
@@ -48,13 +50,13 @@ def main() -> None:
         bank = latent_bank(network, moons.train.x, moons.train.y)
         print(f"CVAE latent {bank.mean.shape[1]}, {len(moons.train)} training points, n_eval {args.n_eval}")
         metrics, samples = timed(
-            "metrics", lambda: evaluate.evaluate_model(network, bank, moons, config.data, args.n_eval)
+            "metrics", lambda: reconstruction.evaluate_model(network, bank, moons, config.data, args.n_eval)
         )
         timed("floor", lambda: quality.mmd_floor(config.data.noise, quality.N_POINTS, Path(tmp)))
-        mixture = generation.fit_latent_mixture(network, moons, seed=0)
+        mixture = sources.fit_latent_mixture(network, moons, seed=0)
         timed(
             "sources",
-            lambda: sources.judge(
+            lambda: aliases.judge(
                 "cvae",
                 "bench",
                 network,

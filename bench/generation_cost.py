@@ -24,9 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from moonvae import experiment, generation, quality, tracking
 from moonvae.config import RunConfig
-from moonvae.train import one_torch_thread
+from moonvae.core.train import one_torch_thread
+from moonvae.sampling import quality, sources
+from moonvae.tracking import experiment, runs
 
 TIMED: dict[str, list[float]] = defaultdict(list)  # CPU seconds of each timed part, per call
 
@@ -47,13 +48,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="runs per model, training seeds 42, 43, ...")
     args = parser.parse_args()
     experiment.fit = timed("train", experiment.fit)
-    generation.fit_latent_mixture = timed("mixture", generation.fit_latent_mixture)
-    generation.judge_sources = timed("judge", generation.judge_sources)
+    sources.fit_latent_mixture = timed("mixture", sources.fit_latent_mixture)
+    sources.judge_sources = timed("judge", sources.judge_sources)
     with tempfile.TemporaryDirectory() as tmp, one_torch_thread():
         os.chdir(tmp)
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
-        client = tracking.client()
-        tracking.quiet()
+        client = runs.client()
+        runs.quiet()
         quality.mmd_floor(RunConfig().data.noise, quality.N_POINTS, Path("data"))  # cached, as after the first run
         print("| model | seed | epochs | run wall s | run CPU s | train s | mixture s | judge s | judge | both |")
         print("|---|---|---|---|---|---|---|---|---|---|")
@@ -63,7 +64,7 @@ def main() -> None:
                 config = RunConfig.from_flat({"model": kind, "seed": seed})
                 TIMED.clear()
                 start, cpu = time.perf_counter(), time.process_time()
-                with tracking.run(client, f"{kind}-{seed}") as run_id:
+                with runs.run(client, f"{kind}-{seed}") as run_id:
                     outcome = experiment.run_training(config, client, run_id)
                 wall, cpu = time.perf_counter() - start, time.process_time() - cpu
                 train, mixture, judge = (TIMED[name][0] for name in ("train", "mixture", "judge"))

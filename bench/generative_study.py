@@ -23,17 +23,22 @@ from pathlib import Path
 
 import optuna
 
-from moonvae import data, quality, registry, search, sources, tracking
-from moonvae.train import one_torch_thread
+from moonvae.analysis import aliases
+from moonvae.core import data
+from moonvae.core.train import one_torch_thread
+from moonvae.sampling import quality
+from moonvae.serving import loading
+from moonvae.tracking import names, runs
+from moonvae.tuning import search
 
 
 def judge_generator(kind: str, seed: int = 0) -> tuple[str, dict[str, float], dict[str, str]]:
     """The registered generator's default source, its full-protocol scores, and its params."""
-    python_model, run_id = tracking.load_python_model(registry.model_uri(kind, registry.GENERATOR))
+    python_model, run_id = loading.load_python_model(names.model_uri(kind, names.GENERATOR))
     config = python_model.config
     train = data.load(config.data).train
     with one_torch_thread():
-        judged = sources.judge(
+        judged = aliases.judge(
             kind,
             "generator",
             python_model.network.eval(),
@@ -46,7 +51,7 @@ def judge_generator(kind: str, seed: int = 0) -> tuple[str, dict[str, float], di
             seed=seed,
             cache_dir=data.DEFAULT_CACHE_DIR,
         )
-    params = tracking.client().get_run(run_id).data.params
+    params = runs.client().get_run(run_id).data.params
     return judged.default_source, judged.judgement.scores[judged.default_source], params
 
 
@@ -67,7 +72,7 @@ def main() -> None:
     for kind in args.models:
         plan = search.plan(kind, "generative", args.trials, n_jobs=args.n_jobs, fixed={"max_epochs": args.max_epochs})
         start = time.perf_counter()
-        (result,) = search.run(plan, tracking.client())
+        (result,) = search.run(plan, runs.client())
         wall = time.perf_counter() - start
         values = ", ".join(f"{key} {value:.4g}" for key, value in result.best_values.items())
         print(

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from moonvae import experiment, tracking
 from moonvae.config import ModelConfig, RunConfig
+from moonvae.tracking import experiment, runs
 
 
 class Stopwatch:
@@ -66,14 +66,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         os.chdir(tmp)  # the default experiment keeps its artifacts in ./mlruns
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
-        client = tracking.client()
+        client = runs.client()
         print("model  epochs   files  run s   images wall s  images cpu s   KB stored")
         for model in ("vae", "cvae"):
             config = RunConfig(model=ModelConfig(model=model))
             walls, cpus = [], []
             for index in range(args.runs + 1):  # the first run warms up imports, fonts and sqlite
                 watch.wall = watch.cpu = 0.0
-                with tracking.run(client, f"bench-{model}") as run_id:
+                with runs.run(client, f"bench-{model}") as run_id:
                     start = time.perf_counter()
                     outcome = experiment.run_training(config, client, run_id, log_model=False)
                     seconds = time.perf_counter() - start

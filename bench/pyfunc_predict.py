@@ -29,9 +29,10 @@ import torch
 from sklearn.datasets import make_moons
 from sklearn.neighbors import KNeighborsClassifier
 
-from moonvae import pyfunc, tracking
 from moonvae.config import SOURCES, ModelConfig, RunConfig
-from moonvae.experiment import run_training
+from moonvae.serving import pyfunc
+from moonvae.tracking import registry, runs
+from moonvae.tracking.experiment import run_training
 
 
 def ms_per_call(model: mlflow.pyfunc.PyFuncModel, frame: pd.DataFrame, params: dict, repeats: int = 20) -> float:
@@ -54,8 +55,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         os.chdir(tmp)
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
-        client = tracking.client()
-        with tracking.run(client, "bench-cvae") as run_id:
+        client = runs.client()
+        with runs.run(client, "bench-cvae") as run_id:
             start = time.perf_counter()
             outcome = run_training(config, client, run_id, log_model=False, cache_dir=Path(tmp))
             trained = time.perf_counter() - start
@@ -69,7 +70,7 @@ def main() -> None:
                 judgement=outcome.judgement,
             )
             logged = time.perf_counter() - start
-        tracking.register_model(client, info, "moonvae-cvae")
+        registry.register_model(client, info, "moonvae-cvae")
         start = time.perf_counter()
         model = mlflow.pyfunc.load_model("models:/moonvae-cvae@champion")
         loaded = time.perf_counter() - start

@@ -27,11 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from moonvae import data, quality
 from moonvae.config import RunConfig
-from moonvae.evaluate import c2st_accuracy
-from moonvae.models import build_model, latent_bank
-from moonvae.train import fit
+from moonvae.core import data
+from moonvae.core.models import build_model, latent_bank
+from moonvae.core.train import fit
+from moonvae.sampling import quality
+from moonvae.sampling.quality import c2st_accuracy
 
 NOISE = RunConfig().data.noise
 REPEATS = 5  # timings are the median of this many calls

@@ -22,10 +22,11 @@ from pathlib import Path
 
 import torch
 
-from moonvae import data, density, quality
 from moonvae.config import ModelConfig, RunConfig
-from moonvae.models import build_model, latent_bank
-from moonvae.train import fit
+from moonvae.core import data
+from moonvae.core.models import build_model, latent_bank
+from moonvae.core.train import fit
+from moonvae.sampling import density, quality
 
 MODELS = {  # eps_w / beta / latent_dim / encoder / decoder
     "vae 0.1/1/128/8/128 (defaults)": ModelConfig(),

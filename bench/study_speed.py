@@ -25,7 +25,8 @@ from pathlib import Path
 
 import optuna
 
-from moonvae import search, tracking
+from moonvae.tracking import runs
+from moonvae.tuning import search
 
 HERE = Path(__file__).resolve().parent
 BATCH_SIZES = (1, 4, 16)
@@ -38,7 +39,7 @@ def study_with(k: int, trials: int) -> tuple[float, float, str]:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
         start = time.perf_counter()
         plan = search.plan("vae", "basic", trials, trials_at_once=k)
-        (result,) = search.run(plan, tracking.client())
+        (result,) = search.run(plan, runs.client())
         seconds = time.perf_counter() - start
         study = plan.studies[plan.targets[0].name]
         states = [trial.state.name.lower() for trial in study.trials]

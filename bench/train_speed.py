@@ -35,11 +35,12 @@ from mlflow.tracking import MlflowClient
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from moonvae import data, tracking
-from moonvae.batched import fit_batch
 from moonvae.config import RunConfig
-from moonvae.models import build_model
-from moonvae.train import EpochMetrics, fit
+from moonvae.core import data
+from moonvae.core.batched import fit_batch
+from moonvae.core.models import build_model
+from moonvae.core.train import EpochMetrics, fit
+from moonvae.tracking import runs
 
 WARM_UP_EPOCHS = 10  # each stack's first epochs pay one-off costs (imports, sqlite tables, MKL)
 
@@ -52,7 +53,7 @@ def fit_ms(config: RunConfig, moons: data.MoonsData, on_epoch=None) -> float:
 
 
 def buffered_fit_ms(config: RunConfig, moons: data.MoonsData, client: MlflowClient) -> float:
-    buffer = tracking.MetricBuffer(client, client.create_run("0").info.run_id)
+    buffer = runs.MetricBuffer(client, client.create_run("0").info.run_id)
     ms = fit_ms(config, moons, lambda m: buffer.add(m.as_dict(), m.epoch))
     flush_start = time.perf_counter()
     buffer.close()
@@ -71,7 +72,7 @@ def per_point_fit_ms(config: RunConfig, moons: data.MoonsData, client: MlflowCli
 
 def fit_batch_ms(config: RunConfig, moons: data.MoonsData, batch: int, client: MlflowClient) -> float:
     configs = [replace(config, train=replace(config.train, seed=seed)) for seed in range(batch)]
-    buffers = [tracking.MetricBuffer(client, client.create_run("0").info.run_id) for _ in configs]
+    buffers = [runs.MetricBuffer(client, client.create_run("0").info.run_id) for _ in configs]
 
     def log(index: int, metrics: EpochMetrics) -> None:
         buffers[index].add(metrics.as_dict(), metrics.epoch)
@@ -87,7 +88,7 @@ def fit_batch_ms(config: RunConfig, moons: data.MoonsData, batch: int, client: M
 
 
 class PlainVAE(nn.Module):
-    """The study's VAE as a report would write it: the same shapes and loss as moonvae.models.VAE."""
+    """The study's VAE as a report would write it: the same shapes and loss as moonvae.core.models.VAE."""
 
     def __init__(self, config: RunConfig) -> None:
         super().__init__()

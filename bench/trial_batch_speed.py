@@ -25,11 +25,11 @@ from pathlib import Path
 
 import torch
 
-from moonvae import data
-from moonvae.batched import fit_batch
 from moonvae.config import ModelConfig, RunConfig, TrainConfig
-from moonvae.models import build_model
-from moonvae.train import TrainingDiverged, fit
+from moonvae.core import data
+from moonvae.core.batched import fit_batch
+from moonvae.core.models import build_model
+from moonvae.core.train import TrainingDiverged, fit
 
 WIDTHS = (2, 4, 8, 16, 32, 64, 128)  # the basic space's choices for each width
 BATCH_SIZES = (1, 4, 16)  # K, configs trained at once

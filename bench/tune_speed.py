@@ -24,10 +24,12 @@ from pathlib import Path
 import optuna
 import torch
 
-from moonvae import data, search, tracking
 from moonvae.config import RunConfig
-from moonvae.models import build_model
-from moonvae.train import fit
+from moonvae.core import data
+from moonvae.core.models import build_model
+from moonvae.core.train import fit
+from moonvae.tracking import runs
+from moonvae.tuning import search
 
 
 def study_seconds_per_trial(folder: Path, trials: int, epochs: int, n_jobs: int) -> float:
@@ -37,7 +39,7 @@ def study_seconds_per_trial(folder: Path, trials: int, epochs: int, n_jobs: int)
         "vae", "probabilistic", trials, study_base=f"bench-{n_jobs}", n_jobs=n_jobs, fixed=fixed, trials_at_once=1
     )
     start = time.perf_counter()
-    search.run(plan, tracking.client())
+    search.run(plan, runs.client())
     return (time.perf_counter() - start) / trials
 
 

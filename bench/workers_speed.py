@@ -34,7 +34,8 @@ from pathlib import Path
 
 import torch
 
-from moonvae import executor, search, tracking
+from moonvae.tracking import runs
+from moonvae.tuning import executor, search
 
 READY_SECONDS = 120
 
@@ -43,7 +44,7 @@ def study_seconds(name: str, trials: int, epochs: int, **options: object) -> flo
     fixed = {"max_epochs": epochs, "patience": epochs}
     plan = search.plan("vae", "probabilistic", trials, study_base=name, fixed=fixed, **options)
     start = time.perf_counter()
-    search.run(plan, tracking.client())
+    search.run(plan, runs.client())
     return time.perf_counter() - start
 
 

@@ -19,7 +19,6 @@ from typing import Any
 
 import click
 
-from moonvae import registry
 from moonvae.config import (
     MODELS,
     N_TRIALS,
@@ -28,9 +27,11 @@ from moonvae.config import (
     DataConfig,
     ModelConfig,
     RunConfig,
+    SpaceName,
     TrainConfig,
 )
 from moonvae.metrics import N_EVAL
+from moonvae.tracking import names
 
 EPOCH_LINE_EVERY = 25  # print one console line per this many epochs
 CONTEXT = {"help_option_names": ["-h", "--help"]}
@@ -44,8 +45,8 @@ class OneLineErrors:
             return super().main(*args, standalone_mode=False, **kwargs)  # type: ignore[misc]
         except click.exceptions.Exit as done:
             sys.exit(done.exit_code)
-        except click.Abort:  # Ctrl-C, or SIGTERM in `tune` (moonvae.executor): exit code 128 + the signal
-            from moonvae import executor
+        except click.Abort:  # Ctrl-C, or SIGTERM in `tune` (moonvae.tuning.executor): exit code 128 + the signal
+            from moonvae.tuning import executor
 
             stopped_by = executor.stopped_by() or signal.SIGINT
             click.echo(f"moonvae: {'terminated' if stopped_by == signal.SIGTERM else 'aborted'}", err=True)
@@ -66,9 +67,9 @@ def fail(message: str, code: int = 2) -> None:
     """Report a user error in one line, marking an `mlflow run` run FAILED so none stays RUNNING."""
     run_id = os.environ.get("MLFLOW_RUN_ID")
     if run_id:
-        from moonvae import tracking
+        from moonvae.tracking import runs
 
-        tracking.end_run(tracking.client(), run_id, tracking.FAILED, message)
+        runs.end_run(runs.client(), run_id, runs.FAILED, message)
     click.echo(f"moonvae: error: {message}", err=True)
     sys.exit(code)
 
@@ -146,32 +147,30 @@ def print_epoch(metrics: Any) -> None:  # a train.EpochMetrics
     "--register",
     default="",
     metavar="NAME",
-    help=f"register the model as a new version of NAME with alias {registry.CHAMPION} (empty: do not register)",
+    help=f"register the model as a new version of NAME with alias {names.CHAMPION} (empty: do not register)",
 )
 def train(register: str, **values: Any) -> None:
     """Train one model and log it as an MLflow run (params, per-epoch metrics, plots, model)."""
     config = run_config(values)
-    if register and not registry.valid_name(register):
+    if register and not names.valid_name(register):
         fail(f"register must be a model name without '/', ':' or '@', got {register!r}")
-    from moonvae import pyfunc, tracking
-    from moonvae.experiment import run_training
-    from moonvae.train import TrainingDiverged, one_torch_thread
+    from moonvae.core.train import TrainingDiverged, one_torch_thread
+    from moonvae.tracking import registry, runs
+    from moonvae.tracking.experiment import run_training
 
-    mlflow_client = tracking.client()
+    mlflow_client = runs.client()
     resume = os.environ.get("MLFLOW_RUN_ID")
     try:
         with (
             one_torch_thread(),
-            tracking.run(
-                mlflow_client, f"train-{config.model.model}", resume_run_id=resume, tags={"moonvae.kind": "train"}
+            runs.run(
+                mlflow_client, f"train-{config.model.model}", resume_run_id=resume, tags={names.KIND_TAG: "train"}
             ) as run_id,
         ):
-            click.echo(f"run {run_id} on {tracking.tracking_uri()}")
+            click.echo(f"run {run_id} on {runs.tracking_uri()}")
             outcome = run_training(config, mlflow_client, run_id, on_epoch=print_epoch)
             if register:
-                version = tracking.register_model(
-                    mlflow_client, outcome.model_info, register, description=pyfunc.DESCRIPTION
-                )
+                version = registry.register_model(mlflow_client, outcome.model_info, register)
     except TrainingDiverged as error:
         fail(str(error), code=1)
     metrics = outcome.final_metrics()
@@ -181,16 +180,16 @@ def train(register: str, **values: Any) -> None:
     )
     click.echo(outcome.judgement.note())
     if register:
-        click.echo(f"registered {register} version {version}: load it with models:/{register}@{registry.CHAMPION}")
+        click.echo(f"registered {register} version {version}: load it with models:/{register}@{names.CHAMPION}")
 
 
 @click.command(cls=Command, context_settings=CONTEXT)
 @click.option("--model", default="both", show_default=True, help=f"{', '.join(MODELS)}, or both (one study each)")
 @click.option(
     "--space",
-    default="basic",
+    default=SpaceName.BASIC.value,
     show_default=True,
-    help="basic (TPE), data (grid), probabilistic (random) or generative (two objectives: a Pareto front)",
+    help=f"{', '.join(SpaceName)} (docs/tuning.md says what each searches)",
 )
 @click.option(
     "--n-trials", "--n_trials", "n_trials", type=int, default=N_TRIALS, show_default=True, help="trials per study"
@@ -249,7 +248,8 @@ def tune(
         fail(f"timeout must be a number of seconds >= 0, got {timeout!r}")
     if workers < 1:
         fail(f"workers must be an integer >= 1, got {workers!r}")
-    from moonvae import executor, search, studies, tracking, trials
+    from moonvae.tracking import runs
+    from moonvae.tuning import executor, search, studies, trials
 
     if os.environ.get("MLFLOW_RUN_ID") and studies.has_password(storage):
         fail(
@@ -276,11 +276,11 @@ def tune(
         except ConfigError as error:
             fail(str(error))
         call.enter_context(executor.stop_on_signals())  # after connecting: Ray sets its own SIGTERM handler
-        click.echo(f"tracking {tracking.tracking_uri()}, studies in {studies.redact(plan.storage_url)}")
+        click.echo(f"tracking {runs.tracking_uri()}, studies in {studies.redact(plan.storage_url)}")
         if workers > 1 or ray_address.strip():
             click.echo(f"workers: {runner.describe(workers)}")
         try:
-            results = search.run(plan, tracking.client(), entry_run_id=os.environ.get("MLFLOW_RUN_ID"))
+            results = search.run(plan, runs.client(), entry_run_id=os.environ.get("MLFLOW_RUN_ID"))
         except (trials.TooManyFailures, executor.WorkerLost) as error:
             fail(str(error), code=1)
         except ConfigError as error:  # a worker that does not see the study's services
@@ -304,8 +304,8 @@ def tune(
 
 
 @click.command(cls=Command, context_settings=CONTEXT)
-@click.option("--vae", default=registry.model_uri("vae"), show_default=True, help="model URI or run id; 'none' skips")
-@click.option("--cvae", default=registry.model_uri("cvae"), show_default=True, help="model URI or run id; 'none' skips")
+@click.option("--vae", default=names.model_uri("vae"), show_default=True, help="model URI or run id; 'none' skips")
+@click.option("--cvae", default=names.model_uri("cvae"), show_default=True, help="model URI or run id; 'none' skips")
 @click.option("--output", type=click.Path(dir_okay=False), default="report.html", show_default=True)
 @click.option("--n-eval", type=int, default=N_EVAL, show_default=True, help="points per sample for the metrics")
 @click.option("--seed", type=int, default=0, show_default=True, help="seed of the samples, classifiers and UMAP")
@@ -319,18 +319,19 @@ def analyse(vae: str, cvae: str, output: str, n_eval: int, seed: int, storage: s
         fail(f"n_eval must be an integer >= 100, got {n_eval}")
     if seed < 0:
         fail(f"seed must be an integer >= 0, got {seed}")
-    from moonvae import studies, tracking
-    from moonvae.analyse import AnalyseError, load_subjects
-    from moonvae.analyse import analyse as run_analysis
+    from moonvae.analysis.analyse import AnalyseError, load_subjects
+    from moonvae.analysis.analyse import analyse as run_analysis
+    from moonvae.tracking import runs
+    from moonvae.tuning import studies
 
-    mlflow_client = tracking.client()
+    mlflow_client = runs.client()
     try:
         subjects = load_subjects(references)
     except AnalyseError as error:
         fail(str(error))
     resume = os.environ.get("MLFLOW_RUN_ID")
-    with tracking.run(mlflow_client, "analyse", resume_run_id=resume, tags={"moonvae.kind": "analyse"}) as run_id:
-        click.echo(f"run {run_id} on {tracking.tracking_uri()}")
+    with runs.run(mlflow_client, "analyse", resume_run_id=resume, tags={names.KIND_TAG: "analyse"}) as run_id:
+        click.echo(f"run {run_id} on {runs.tracking_uri()}")
         result = run_analysis(
             subjects,
             Path(output),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields
+from enum import StrEnum
 from typing import Any
 
 MODELS = ("vae", "cvae")  # the model kinds: an unconditional VAE, and a CVAE conditioned on the moon
@@ -16,6 +17,19 @@ N_TRIALS = 100  # trials a study holds when `tune` is not told otherwise, as in 
 TRIALS_AT_ONCE = 8  # K: trials a worker trains together as one vectorised model (trials.py)
 # where a model's samples draw their latents: the aggregate posterior, the prior N(0, I), a fitted latent mixture
 SOURCES = ("posterior", "prior", "mixture")
+
+
+class SpaceName(StrEnum):
+    """The searches `tune` runs (`--space`); what each varies is `tuning.spaces`'."""
+
+    BASIC = "basic"  # the study's TPE search of lr, batch size and widths: its best is @champion
+    DATA = "data"  # the study's grid of data size x noise
+    PROBABILISTIC = "probabilistic"  # the study's random search of eps_w x beta
+    IMPORTANCE = "importance"  # findings 1, 2, 5: the basic distributions, random and unpruned
+    CAPACITY = "capacity"  # findings 2-4: encoder x decoder x latent width, two seeds
+    DATA_SEEDS = "data-seeds"  # findings 6, 7: the data grid, three seeds
+    PROBABILISTIC_SEEDS = "probabilistic-seeds"  # finding 8: eps_w x beta, three seeds
+    GENERATIVE = "generative"  # reconstruction against sample quality, a Pareto front: its pick is @generator
 
 
 class ConfigError(ValueError):
@@ -39,7 +53,8 @@ def parse_widths(value: int | str | list[int] | tuple[int, ...], name: str) -> t
     return parsed
 
 
-def _require(condition: bool, message: str) -> None:
+def require(condition: bool, message: str) -> None:
+    """Raise ConfigError(message) unless `condition`: the one way a bad value is refused."""
     if not condition:
         raise ConfigError(message)
 
@@ -56,12 +71,12 @@ class DataConfig:
 
     def validate(self) -> DataConfig:
         # 5 points per class and split is the least a stratified 60/20/20 split can hold
-        _require(
+        require(
             isinstance(self.n_samples, int) and self.n_samples >= 10,
             f"n_samples must be an integer >= 10, got {self.n_samples!r}",
         )
-        _require(_is_finite(self.noise) and self.noise >= 0, f"noise must be a number >= 0, got {self.noise!r}")
-        _require(
+        require(_is_finite(self.noise) and self.noise >= 0, f"noise must be a number >= 0, got {self.noise!r}")
+        require(
             isinstance(self.data_seed, int) and self.data_seed >= 0,
             f"data_seed must be an integer >= 0, got {self.data_seed!r}",
         )
@@ -86,13 +101,13 @@ class ModelConfig:
         return self.model == "cvae"
 
     def validate(self) -> ModelConfig:
-        _require(self.model in MODELS, f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
-        _require(
+        require(self.model in MODELS, f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
+        require(
             isinstance(self.latent_dim, int) and self.latent_dim >= 1,
             f"latent_dim must be an integer >= 1, got {self.latent_dim!r}",
         )
-        _require(_is_finite(self.beta) and self.beta > 0, f"beta must be a number > 0, got {self.beta!r}")
-        _require(_is_finite(self.eps_w) and self.eps_w > 0, f"eps_w must be a number > 0, got {self.eps_w!r}")
+        require(_is_finite(self.beta) and self.beta > 0, f"beta must be a number > 0, got {self.beta!r}")
+        require(_is_finite(self.eps_w) and self.eps_w > 0, f"eps_w must be a number > 0, got {self.eps_w!r}")
         return self
 
 
@@ -109,20 +124,20 @@ class TrainConfig:
     seed: int = 42  # weights, batch order and reparameterisation noise
 
     def validate(self) -> TrainConfig:
-        _require(
+        require(
             isinstance(self.batch_size, int) and self.batch_size >= 1,
             f"batch_size must be an integer >= 1, got {self.batch_size!r}",
         )
-        _require(_is_finite(self.lr) and self.lr > 0, f"lr must be a number > 0, got {self.lr!r}")
-        _require(
+        require(_is_finite(self.lr) and self.lr > 0, f"lr must be a number > 0, got {self.lr!r}")
+        require(
             isinstance(self.max_epochs, int) and self.max_epochs >= 1,
             f"max_epochs must be an integer >= 1, got {self.max_epochs!r}",
         )
-        _require(
+        require(
             isinstance(self.patience, int) and self.patience >= 1,
             f"patience must be an integer >= 1, got {self.patience!r}",
         )
-        _require(isinstance(self.seed, int) and self.seed >= 0, f"seed must be an integer >= 0, got {self.seed!r}")
+        require(isinstance(self.seed, int) and self.seed >= 0, f"seed must be an integer >= 0, got {self.seed!r}")
         return self
 
 

@@ -30,7 +30,7 @@ def seed_floor_cache(folder: Path) -> None:
     read it as they would after a first run (test_quality tests computing and caching it,
     and that this copy is what computing gives).
     """
-    from moonvae.data import DEFAULT_CACHE_DIR
+    from moonvae.core.data import DEFAULT_CACHE_DIR
 
     cache = folder / DEFAULT_CACHE_DIR
     cache.mkdir(parents=True, exist_ok=True)
@@ -70,7 +70,7 @@ def small_config() -> RunConfig:
 @pytest.fixture
 def one_thread() -> Iterator[None]:
     """Train on one torch thread, as train and tune do."""
-    from moonvae.train import one_torch_thread
+    from moonvae.core.train import one_torch_thread
 
     with one_torch_thread():
         yield
@@ -79,7 +79,7 @@ def one_thread() -> Iterator[None]:
 @pytest.fixture
 def moons(tmp_path: Path, small_config: RunConfig):
     """The small config's data split, cached in the test's folder."""
-    from moonvae import data
+    from moonvae.core import data
 
     return data.load(small_config.data, tmp_path)
 

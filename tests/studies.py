@@ -9,8 +9,8 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState, create_trial
 
-from moonvae import studies
-from moonvae.spaces import SPACES, WIDTHS
+from moonvae.tuning import studies
+from moonvae.tuning.spaces import SPACES, WIDTHS
 
 BASIC = SPACES["basic"].distributions
 DATA = SPACES["data"].distributions

@@ -13,10 +13,12 @@ from mlflow.tracking import MlflowClient
 from studies import write_studies
 from trained import tracking_store
 
-from moonvae import analyse, studies, tracking
+from moonvae.analysis import analyse
 from moonvae.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from moonvae.experiment import run_training
-from moonvae.train import evaluate
+from moonvae.core.train import evaluate
+from moonvae.tracking import registry, runs
+from moonvae.tracking.experiment import run_training
+from moonvae.tuning import studies
 
 # the reconstruction metrics, each source's sample quality, and the registered aliases' sources
 EXPECTED_METRICS = {
@@ -30,7 +32,7 @@ EXPECTED_METRICS = {
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory):
+def registered(tmp_path_factory):
     """A tracking store with small registered champions of both kinds and the six studies beside it."""
     root = tmp_path_factory.mktemp("registry")
     with tracking_store(root) as client:
@@ -41,11 +43,11 @@ def registry(tmp_path_factory):
                 ModelConfig(model=kind, latent_dim=8, decoder_hidden=(32,)),
                 TrainConfig(batch_size=64, max_epochs=150),
             )
-            with tracking.run(client, f"train-{kind}") as run_id:
+            with runs.run(client, f"train-{kind}") as run_id:
                 outcome = run_training(config, client, run_id)
-            version = tracking.register_model(client, outcome.model_info, f"moonvae-{kind}")
+            version = registry.register_model(client, outcome.model_info, f"moonvae-{kind}")
             run_ids[kind] = run_id
-        tracking.set_alias(client, "moonvae-cvae", "generator", version)  # one version, two aliases
+        registry.set_alias(client, "moonvae-cvae", "generator", version)  # one version, two aliases
         write_studies(f"sqlite:///{root / 'optuna.db'}")
     return root, run_ids
 
@@ -57,8 +59,8 @@ def analyse_runs(workdir):
 
 
 @pytest.mark.slow
-def test_analyse_logs_metrics_findings_and_a_report_that_renders(registry):
-    root, run_ids = registry
+def test_analyse_logs_metrics_findings_and_a_report_that_renders(registered):
+    root, run_ids = registered
     # the VAE by run id, the CVAE by its registered alias (the default)
     done = moonvae(root, "analyse", "--vae", run_ids["vae"], "--n-eval", "400", "--output", "out/report.html")
     assert done.returncode == 0, done.stderr[-3000:]
@@ -114,8 +116,8 @@ def test_analyse_reads_a_study_tuned_under_a_custom_name(workdir):
 
 
 def test_a_model_of_the_wrong_kind_is_refused(workdir, small_config):
-    client = tracking.client()
-    with tracking.run(client, "train-cvae") as run_id:
+    client = runs.client()
+    with runs.run(client, "train-cvae") as run_id:
         run_training(
             replace(small_config, model=ModelConfig(model="cvae", latent_dim=2), train=TrainConfig(max_epochs=2)),
             client,
@@ -153,8 +155,8 @@ def test_bad_options_fail_before_any_run(workdir, args, message):
 
 
 @pytest.mark.slow
-def test_mlflow_run_analyse_entry_point(registry):
-    root, _ = registry
+def test_mlflow_run_analyse_entry_point(registered):
+    root, _ = registered
     done = mlflow_run(root, "analyse", "n_eval=300", f"output={root / 'entry' / 'report.html'}")
     assert done.returncode == 0, done.stderr[-3000:]
     client, runs = analyse_runs(root)
@@ -166,8 +168,8 @@ def test_mlflow_run_analyse_entry_point(registry):
 
 
 @pytest.mark.slow
-def test_report_notebook_runs_on_the_registered_models(registry, monkeypatch):
-    root, _ = registry
+def test_report_notebook_runs_on_the_registered_models(registered, monkeypatch):
+    root, _ = registered
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
     monkeypatch.setenv("MOONVAE_N_EVAL", "300")
     monkeypatch.setenv("MOONVAE_RENDERER", "json")  # figures as plain JSON outputs, no plotly.js per cell
@@ -198,9 +200,9 @@ def test_trials_take_metrics_from_their_runs_and_train_mse_from_their_models(wor
     from optuna.distributions import CategoricalDistribution
     from optuna.trial import create_trial
 
-    client = tracking.client()
+    client = runs.client()
     config = replace(small_config, model=ModelConfig(model="cvae", latent_dim=4), train=TrainConfig(max_epochs=5))
-    with tracking.run(client, "trial") as run_id:
+    with runs.run(client, "trial") as run_id:
         outcome = run_training(config, client, run_id)
     storage = f"sqlite:///{workdir / 'optuna.db'}"
     study = optuna.create_study(study_name="any-name", storage=storage)

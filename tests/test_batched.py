@@ -4,10 +4,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from moonvae import batched, data
-from moonvae.batched import fit_batch
-from moonvae.models import build_model
-from moonvae.train import TrainingDiverged, evaluate, fit
+from moonvae.core import batched, data
+from moonvae.core.batched import fit_batch
+from moonvae.core.models import build_model
+from moonvae.core.train import TrainingDiverged, evaluate, fit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

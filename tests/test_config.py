@@ -2,9 +2,10 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from moonvae import cli, registry
+from moonvae import cli
 from moonvae.config import N_TRIALS, ConfigError, DataConfig, ModelConfig, RunConfig, parse_widths
 from moonvae.metrics import N_EVAL
+from moonvae.tracking import names
 
 
 @pytest.mark.parametrize(
@@ -67,8 +68,8 @@ def test_mlproject_and_the_cli_take_their_defaults_from_the_configs():
     analyse = entry_points["analyse"]["parameters"]
     assert analyse["n_eval"]["default"] == N_EVAL
     assert (analyse["vae"]["default"], analyse["cvae"]["default"]) == (
-        registry.model_uri("vae"),
-        registry.model_uri("cvae"),
+        names.model_uri("vae"),
+        names.model_uri("cvae"),
     )
 
 

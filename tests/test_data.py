@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from moonvae import data
 from moonvae.config import DataConfig
+from moonvae.core import data
 
 
 @pytest.fixture

@@ -9,10 +9,11 @@ import pytest
 import torch
 from conftest import ROOT
 
-from moonvae import data, density, quality
 from moonvae.config import RunConfig
-from moonvae.models import build_model, latent_bank
-from moonvae.train import fit, one_torch_thread
+from moonvae.core import data
+from moonvae.core.models import build_model, latent_bank
+from moonvae.core.train import fit, one_torch_thread
+from moonvae.sampling import density, quality
 
 
 @pytest.fixture(autouse=True)
@@ -119,7 +120,7 @@ def test_sampling_needs_no_scikit_learn(tmp_path):
     torch.save(state, tmp_path / "mixture.pt")
     code = (
         "import sys, torch; sys.modules['sklearn'] = None\n"  # any import of scikit-learn now fails
-        "from moonvae.density import sample_mixture\n"
+        "from moonvae.sampling.density import sample_mixture\n"
         f"state = torch.load({str(tmp_path / 'mixture.pt')!r}, weights_only=True)\n"
         "print(sample_mixture(state, 3, torch.tensor([0, 1, 0])).shape)\n"
     )

@@ -4,22 +4,24 @@ import numpy as np
 import pytest
 import torch
 
-from moonvae import data, evaluate
+from moonvae.analysis import reconstruction
 from moonvae.config import DataConfig, ModelConfig, TrainConfig
-from moonvae.models import build_model, latent_bank
-from moonvae.train import fit
+from moonvae.core import data
+from moonvae.core.models import build_model, latent_bank
+from moonvae.core.train import fit
+from moonvae.sampling import quality
 
 CONFIG = DataConfig(n_samples=1000)
 
 
 def real(seed: int, n: int = 1000) -> np.ndarray:
-    return evaluate.fresh_moons(CONFIG, n, seed).x.numpy()
+    return reconstruction.fresh_moons(CONFIG, n, seed).x.numpy()
 
 
 def test_fresh_seeds_never_reuse_the_training_seed():
-    seeds = {evaluate.fresh_seed(42, k) for k in range(3)}
+    seeds = {reconstruction.fresh_seed(42, k) for k in range(3)}
     assert len(seeds) == 3 and 42 not in seeds
-    fresh = evaluate.fresh_moons(CONFIG, 100, evaluate.fresh_seed(42, 0))
+    fresh = reconstruction.fresh_moons(CONFIG, 100, reconstruction.fresh_seed(42, 0))
     x, _ = data.generate(CONFIG)
     assert not np.isin(fresh.x.numpy()[:, 0], x[:, 0]).any()
     assert fresh.y.sum() == 50  # balanced over the moons
@@ -27,9 +29,9 @@ def test_fresh_seeds_never_reuse_the_training_seed():
 
 def test_c2st_is_a_coin_flip_for_two_real_samples_and_certain_for_disjoint_ones():
     a, b = real(1), real(2)
-    assert 0.44 < evaluate.c2st_accuracy(a, b) < 0.56
-    assert evaluate.c2st_accuracy(a, b + [5.0, 5.0]) == 1.0
-    assert evaluate.c2st_accuracy(a, b, seed=3) == evaluate.c2st_accuracy(a, b, seed=3)
+    assert 0.44 < quality.c2st_accuracy(a, b) < 0.56
+    assert quality.c2st_accuracy(a, b + [5.0, 5.0]) == 1.0
+    assert quality.c2st_accuracy(a, b, seed=3) == quality.c2st_accuracy(a, b, seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -47,20 +49,22 @@ def trained(tmp_path_factory):
 def test_evaluate_model_names_and_ranges(trained):
     moons, models = trained
     network, bank = models["cvae"]
-    metrics, samples = evaluate.evaluate_model(network, bank, moons, CONFIG, n=1000)
+    metrics, samples = reconstruction.evaluate_model(network, bank, moons, CONFIG, n=1000)
     assert set(metrics) == {"test_mse", "test_kl", "fresh_mse", "fresh_kl"}
     assert samples.prior.shape == samples.posterior.shape == (1000, 2)
     assert metrics["test_mse"] < 0.05 and metrics["fresh_mse"] < 0.05
-    assert torch.equal(samples.reference.x, evaluate.fresh_moons(CONFIG, 1000, evaluate.fresh_seed(42, 0)).x)
+    assert torch.equal(
+        samples.reference.x, reconstruction.fresh_moons(CONFIG, 1000, reconstruction.fresh_seed(42, 0)).x
+    )
 
 
 def test_same_seed_same_samples_other_seed_other_samples(trained):
     moons, models = trained
     network, bank = models["cvae"]
-    first = evaluate.evaluate_model(network, bank, moons, CONFIG, n=500, seed=1)
-    again = evaluate.evaluate_model(network, bank, moons, CONFIG, n=500, seed=1)
+    first = reconstruction.evaluate_model(network, bank, moons, CONFIG, n=500, seed=1)
+    again = reconstruction.evaluate_model(network, bank, moons, CONFIG, n=500, seed=1)
     assert first[0] == again[0] and np.array_equal(first[1].prior, again[1].prior)
-    other = evaluate.evaluate_model(network, bank, moons, CONFIG, n=500, seed=2)[1]
+    other = reconstruction.evaluate_model(network, bank, moons, CONFIG, n=500, seed=2)[1]
     assert not np.array_equal(first[1].prior, other.prior) and not np.array_equal(first[1].posterior, other.posterior)
 
 
@@ -68,6 +72,6 @@ def test_an_untrained_model_reconstructs_worse(trained):
     moons, models = trained
     network = build_model(ModelConfig(model="cvae", latent_dim=8, decoder_hidden=(32,)), seed=0).eval()
     bank = latent_bank(network, moons.train.x, moons.train.y)
-    untrained = evaluate.evaluate_model(network, bank, moons, CONFIG, n=500)[0]
-    trained_metrics = evaluate.evaluate_model(*models["cvae"], moons, CONFIG, n=500)[0]
+    untrained = reconstruction.evaluate_model(network, bank, moons, CONFIG, n=500)[0]
+    trained_metrics = reconstruction.evaluate_model(*models["cvae"], moons, CONFIG, n=500)[0]
     assert untrained["fresh_mse"] > 5 * trained_metrics["fresh_mse"]

@@ -21,9 +21,10 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 from toy_workers import toy_work
 
-from moonvae import executor, search, studies, tracking
 from moonvae.config import TRIALS_AT_ONCE
-from moonvae.executor import Local
+from moonvae.tracking import runs
+from moonvae.tuning import executor, search, studies
+from moonvae.tuning.executor import Local
 
 STOP_WAIT_SECONDS = 120  # for a signalled `tune` to end its trials and exit; generous for a busy CI runner
 
@@ -88,7 +89,7 @@ def test_an_unreachable_ray_cluster_is_one_line_and_creates_nothing(workdir):
 
 @pytest.mark.slow
 def test_worker_processes_reproduce_one_workers_random_study(workdir):
-    client = tracking.client()
+    client = runs.client()
     fixed = {"n_samples": 200, "max_epochs": 12}
     (two,) = search.run(search.plan("vae", "probabilistic", 4, study_base="two", workers=2, fixed=fixed), client)
     (one,) = search.run(search.plan("vae", "probabilistic", 4, study_base="one", fixed=fixed), client)
@@ -97,8 +98,8 @@ def test_worker_processes_reproduce_one_workers_random_study(workdir):
     assert [(t.params, t.value) for t in trials["two"]] == [(t.params, t.value) for t in trials["one"]]
     pids = {trial.user_attrs["moonvae.worker"]["pid"] for trial in trials["two"]}
     assert len(pids) == 2 and os.getpid() not in pids  # two processes, not this one
-    runs = client.search_runs([client.get_experiment_by_name("moonvae").experiment_id])
-    nested = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == two.run_id]
+    found = client.search_runs([client.get_experiment_by_name("moonvae").experiment_id])
+    nested = [run for run in found if run.data.tags.get("mlflow.parentRunId") == two.run_id]
     assert {run.info.run_id for run in nested} == {trial.user_attrs["mlflow_run_id"] for trial in trials["two"]}
     assert {run.info.status for run in nested} == {"FINISHED"}
     steps = [point.step for point in client.get_metric_history(two.run_id, studies.OBJECTIVE)]
@@ -156,10 +157,10 @@ def test_sigterm_ends_a_tune_like_ctrl_c(workdir, workers):
     assert {trial.number for trial in failed} == running  # every trial of the stopped rounds, no other
     assert TrialState.RUNNING not in {trial.state for trial in study.trials}
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
-    runs = client.search_runs([experiment.experiment_id for experiment in client.search_experiments()])
-    assert "RUNNING" not in {run.info.status for run in runs}
+    found = client.search_runs([experiment.experiment_id for experiment in client.search_experiments()])
+    assert "RUNNING" not in {run.info.status for run in found}
     for trial in failed:
         run = client.get_run(trial.user_attrs["mlflow_run_id"])
         assert (run.info.status, run.data.tags["moonvae.status_reason"]) == ("KILLED", "interrupted")
-    (study_run,) = [run for run in runs if run.data.tags["moonvae.kind"] == "study"]
+    (study_run,) = [run for run in found if run.data.tags["moonvae.kind"] == "study"]
     assert study_run.info.status == "KILLED"

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from moonvae import findings, intervals
-from moonvae.findings import (
+from moonvae.analysis import findings, intervals
+from moonvae.analysis.findings import (
     CAPACITY,
     DATA,
     IMPORTANCE,
@@ -18,9 +18,10 @@ from moonvae.findings import (
     PROBABILISTIC,
     REFUTED,
     REPRODUCED,
-    StudyTable,
     judge,
 )
+from moonvae.tuning import tables
+from moonvae.tuning.tables import StudyTable
 
 WIDTHS = (2, 4, 8, 16, 32, 64, 128)
 GRID_WIDTHS = (2, 4, 8, 32, 128)
@@ -266,7 +267,7 @@ def test_trials_frame_keeps_completed_trials_with_numeric_widths():
             user_attrs={"active_units": 2, "mlflow_run_id": "abc", "history": [1]},
         )
 
-    frame = findings.trials_frame(
+    frame = tables.trials_frame(
         [trial(0, "COMPLETE", 0.1, {"encoder_hidden": "8"}), trial(1, "PRUNED", None, {"encoder_hidden": "16"})]
     )
     assert frame.to_dict("records") == [

@@ -7,10 +7,11 @@ import pytest
 import torch
 from conftest import FLOORS
 
-from moonvae import data, generation, quality
 from moonvae.config import SOURCES, RunConfig
-from moonvae.models import build_model, latent_bank
-from moonvae.train import fit, one_torch_thread
+from moonvae.core import data
+from moonvae.core.models import build_model, latent_bank
+from moonvae.core.train import fit, one_torch_thread
+from moonvae.sampling import quality, sources
 
 
 def scores(mmd_ratio: float, copying: float = 1.0, spacing: float = 1.0, c2st: float = 0.5, **more) -> dict:
@@ -18,18 +19,18 @@ def scores(mmd_ratio: float, copying: float = 1.0, spacing: float = 1.0, c2st: f
 
 
 def test_the_default_is_the_sound_source_with_the_lowest_mmd_ratio():
-    assert generation.choose({"posterior": scores(1.8), "prior": scores(20), "mixture": scores(1.1)})[0] == "mixture"
+    assert sources.choose({"posterior": scores(1.8), "prior": scores(20), "mixture": scores(1.1)})[0] == "mixture"
     # the lowest MMD ratio, but its samples sit on the training points: not the default
-    default, reasons = generation.choose({"posterior": scores(0.9, copying=0.6), "mixture": scores(1.3)})
+    default, reasons = sources.choose({"posterior": scores(0.9, copying=0.6), "mixture": scores(1.3)})
     assert default == "mixture" and reasons == {"posterior": "copying 0.6 < 0.9"}
     clumps = {"mixture": scores(0.8, spacing=0.5), "posterior": scores(1.4)}
-    assert generation.choose(clumps) == ("posterior", {"mixture": "spacing 0.5 < 0.8"})
+    assert sources.choose(clumps) == ("posterior", {"mixture": "spacing 0.5 < 0.8"})
     told_apart = {"mixture": scores(0.8, c2st=0.7), "posterior": scores(1.4)}
-    assert generation.choose(told_apart)[0] == "posterior"
+    assert sources.choose(told_apart)[0] == "posterior"
     wrong_moon = {"prior": scores(1.0, on_moon=0.6), "posterior": scores(1.4, on_moon=0.99)}
-    assert generation.choose(wrong_moon) == ("posterior", {"prior": "on_moon 0.6 < 0.9"})
+    assert sources.choose(wrong_moon) == ("posterior", {"prior": "on_moon 0.6 < 0.9"})
     # nothing sound: the lowest MMD ratio all the same
-    assert generation.choose({"posterior": scores(3, copying=0.5), "prior": scores(2, spacing=0.1)})[0] == "prior"
+    assert sources.choose({"posterior": scores(3, copying=0.5), "prior": scores(2, spacing=0.1)})[0] == "prior"
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +56,10 @@ def trained(tmp_path_factory):
 def judged(trained, mixture="fit", **options):
     config, moons, network = trained
     with one_torch_thread():
-        fitted = generation.fit_latent_mixture(network, moons, seed=0) if mixture == "fit" else mixture
+        fitted = sources.fit_latent_mixture(network, moons, seed=0) if mixture == "fit" else mixture
         bank = latent_bank(network, moons.train.x, moons.train.y)
         options = {"floor_cache": FLOORS} | options
-        return generation.judge_sources(network, bank, fitted, moons.train.x, config.data.noise, **options)
+        return sources.judge_sources(network, bank, fitted, moons.train.x, config.data.noise, **options)
 
 
 def test_every_source_is_judged_on_the_same_references_and_logged_by_name(trained):
@@ -69,7 +70,7 @@ def test_every_source_is_judged_on_the_same_references_and_logged_by_name(traine
     assert judgement.mmd_ratio == judgement.scores[judgement.default]["mmd_ratio"]
     assert judgement.mmd_floor == quality.mmd_floor(trained[0].data.noise, cache_dir=FLOORS).mmd
     metrics = judgement.metrics()
-    assert set(metrics) == {f"{source}_{score}" for source in SOURCES for score in generation.SCORES}
+    assert set(metrics) == {f"{source}_{score}" for source in SOURCES for score in sources.SCORES}
     assert all(math.isfinite(value) for value in metrics.values())
     # one source judged alone scores what it scores among the others: the same references, the same draws
     _, moons, network = trained
@@ -77,7 +78,7 @@ def test_every_source_is_judged_on_the_same_references_and_logged_by_name(traine
         quality.prior_sampler(network),
         moons.train.x.numpy(),
         trained[0].data.noise,
-        seed=generation.VALIDATION_SEED,
+        seed=sources.VALIDATION_SEED,
         conditional=True,
         floor_cache=FLOORS,
     )
@@ -104,9 +105,9 @@ def test_a_model_without_a_mixture_is_judged_on_the_others(trained):
 
 def test_the_mixture_samples_the_latents_of_the_requested_moon(trained):
     _, moons, network = trained
-    mixture = generation.fit_latent_mixture(network, moons, seed=0)
+    mixture = sources.fit_latent_mixture(network, moons, seed=0)
     assert mixture["labels"].tolist() == [0, 1]
-    assert torch.equal(mixture["components"], generation.fit_latent_mixture(network, moons, seed=0)["components"])
-    assert max(mixture["components"].tolist()) <= max(generation.MIXTURE_COMPONENTS)
+    assert torch.equal(mixture["components"], sources.fit_latent_mixture(network, moons, seed=0)["components"])
+    assert max(mixture["components"].tolist()) <= max(sources.MIXTURE_COMPONENTS)
     vae = build_model(replace(network.config, model="vae"), seed=0)
-    assert generation.fit_latent_mixture(vae, moons, seed=0)["labels"].tolist() == []  # one mixture for the VAE
+    assert sources.fit_latent_mixture(vae, moons, seed=0)["labels"].tolist() == []  # one mixture for the VAE

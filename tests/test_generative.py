@@ -14,8 +14,10 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 from trained import tracking_store
 
-from moonvae import metrics, registry, search, studies, summary
+from moonvae import metrics
 from moonvae.config import SOURCES, ConfigError
+from moonvae.tracking import names
+from moonvae.tuning import results, search, studies
 
 TINY = {"n_samples": 200, "max_epochs": 12}
 N_TRIALS = 4
@@ -56,7 +58,7 @@ def test_every_trial_holds_both_objectives_and_its_front_membership(tuned):
         assert run.data.metrics["best_val_mse"] == pytest.approx(trial.values[0])
         assert run.data.metrics["mmd_ratio"] == pytest.approx(trial.values[1])
         source = trial.user_attrs["source"]
-        assert run.data.tags["moonvae.source"] == source
+        assert run.data.tags["moonvae.sampling_source"] == source
         assert run.data.metrics["mmd_ratio"] == pytest.approx(run.data.metrics[f"{source}_mmd_ratio"])
         assert {f"{s}_{score}" for s in SOURCES for score in ("mmd_ratio", "c2st", "copying", "on_moon")} <= set(
             run.data.metrics
@@ -93,13 +95,13 @@ def test_the_study_run_holds_both_series_the_front_and_its_plot(tuned):
 def test_the_generator_is_registered_by_the_rule_and_samples_from_its_source(tuned):
     client, result, study = tuned
     front = [(t.number, *t.values) for t in study.best_trials]
-    assert result.best_trial == registry.generator_trial(front)
+    assert result.best_trial == results.generator_trial(front)
     name, version, alias = result.registered
     assert (name, alias) == ("moonvae-cvae", "generator")
     generator = next(t for t in study.trials if t.number == result.best_trial)
     registered = client.get_model_version_by_alias(name, "generator")
     assert registered.run_id == generator.user_attrs["mlflow_run_id"] and str(registered.version) == version
-    assert registered.tags["moonvae.source"] == generator.user_attrs["source"]
+    assert registered.tags["moonvae.sampling_source"] == generator.user_attrs["source"]
     with pytest.raises(MlflowException):
         client.get_model_version_by_alias(name, "champion")  # the generative study leaves the champion alone
 
@@ -120,13 +122,13 @@ def test_the_generator_is_registered_by_the_rule_and_samples_from_its_source(tun
 
 def test_the_generator_rule_trades_no_more_than_the_stated_reconstruction():
     front = [(0, 0.001, 9.0), (1, 0.0019, 2.0), (2, 0.0025, 1.1), (3, 0.01, 1.0)]
-    assert registry.generator_trial(front) == 1  # 2 and 3 sample better but reconstruct > 2x worse than 0
-    assert registry.generator_trial([(4, 0.002, 3.0)]) == 4
+    assert results.generator_trial(front) == 1  # 2 and 3 sample better but reconstruct > 2x worse than 0
+    assert results.generator_trial([(4, 0.002, 3.0)]) == 4
     # near-perfect reconstructions: the bound is the stated tolerance, not 2x a best of 2e-7
     tiny = [(5, 2e-7, 2.3), (6, 3e-7, 2.1), (7, 6e-6, 0.7), (8, 2.5e-4, 0.5)]
-    assert registry.generator_trial(tiny) == 7  # 8 samples better but reconstructs worse than 1e-4
-    assert registry.generator_trial([]) is None
-    assert registry.alias_for("generative") == "generator" and registry.alias_for("basic") == "champion"
+    assert results.generator_trial(tiny) == 7  # 8 samples better but reconstructs worse than 1e-4
+    assert results.generator_trial([]) is None
+    assert names.alias_for("generative") == "generator" and names.alias_for("basic") == "champion"
 
 
 def test_convergence_of_two_objectives_is_the_best_of_each_and_the_front_so_far(tmp_path):
@@ -134,11 +136,11 @@ def test_convergence_of_two_objectives_is_the_best_of_each_and_the_front_so_far(
     x = FloatDistribution(0, 1)
     for values in ([0.3, 2.0], [0.2, 3.0], [0.4, 4.0], [0.1, 1.0]):
         study.add_trial(create_trial(params={"x": 0.5}, distributions={"x": x}, values=values))
-    series = summary.convergence(study, set(), ("best_val_mse", "mmd_ratio"))
+    series = results.convergence(study, set(), ("best_val_mse", "mmd_ratio"))
     assert series == {
         0: {"best_val_mse": 0.3, "best_mmd_ratio": 2.0, "pareto_trials": 1},
         1: {"best_val_mse": 0.2, "best_mmd_ratio": 2.0, "pareto_trials": 2},
         2: {"best_val_mse": 0.2, "best_mmd_ratio": 2.0, "pareto_trials": 2},  # 2 is beaten by 0 in both
         3: {"best_val_mse": 0.1, "best_mmd_ratio": 1.0, "pareto_trials": 1},  # 3 beats them all
     }
-    assert summary.convergence(study, {0, 1, 2}, ("best_val_mse", "mmd_ratio")) == {3: series[3]}
+    assert results.convergence(study, {0, 1, 2}, ("best_val_mse", "mmd_ratio")) == {3: series[3]}

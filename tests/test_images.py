@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from moonvae import images, search, tracking
 from moonvae.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from moonvae.experiment import SNAPSHOT_EPOCHS, run_training
+from moonvae.tracking import images, runs
+from moonvae.tracking.experiment import SNAPSHOT_EPOCHS, run_training
+from moonvae.tuning import search
 
 OPTUNA_PLOTS = ("optimization_history", "param_importances", "parallel_coordinate", "slice")
 MAX_RUN_BYTES = 1_000_000  # every image a run stores, together
@@ -22,7 +23,7 @@ RUN = RunConfig(
 
 @pytest.fixture
 def client(workdir):
-    return tracking.client()
+    return runs.client()
 
 
 def rgb(colour: str) -> tuple[int, int, int]:
@@ -84,7 +85,7 @@ def test_pyplot_png_closes_the_figures_it_opened_also_on_error():
 
 
 def test_a_run_logs_png_plots_and_images_at_several_steps(client, tmp_path):
-    with tracking.run(client, "images") as run_id:
+    with runs.run(client, "images") as run_id:
         outcome = run_training(RUN, client, run_id, log_model=False)
     final = RUN.train.max_epochs  # the kept model's step, one past any epoch
     steps = sorted({epoch for epoch in SNAPSHOT_EPOCHS if epoch < len(outcome.result.history)} | {final})

@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from moonvae import data as moons
 from moonvae.config import DataConfig, ModelConfig
-from moonvae.latent_stats import active_units, latent_usage, mutual_information
-from moonvae.models import build_model, latent_bank
+from moonvae.core import data as moons
+from moonvae.core.latent_stats import active_units, latent_usage, mutual_information
+from moonvae.core.models import build_model, latent_bank
 
 
 def _posteriors(n: int, d: int, spread: float, logvar: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

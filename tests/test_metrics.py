@@ -5,11 +5,13 @@ import re
 import pytest
 from conftest import FLOORS, ROOT
 
-from moonvae import data, evaluate, metrics
+from moonvae import metrics
+from moonvae.analysis import reconstruction
 from moonvae.config import SOURCES
-from moonvae.experiment import Outcome
-from moonvae.models import build_model, latent_bank
-from moonvae.train import fit
+from moonvae.core import data
+from moonvae.core.models import build_model, latent_bank
+from moonvae.core.train import fit
+from moonvae.tracking.experiment import Outcome
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +37,7 @@ def test_epoch_run_and_source_metrics_are_the_defined_ones(trained):
 def test_analyse_metrics_are_the_defined_ones(trained):
     config, moons, network, _ = trained
     bank = latent_bank(network, moons.train.x, moons.train.y)
-    values, _ = evaluate.evaluate_model(network, bank, moons, config.data, n=200)
+    values, _ = reconstruction.evaluate_model(network, bank, moons, config.data, n=200)
     assert set(values) | {"latent_moon_accuracy", "mmd_floor"} == set(metrics.names("analyse"))
 
 

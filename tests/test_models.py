@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from moonvae.config import ModelConfig
-from moonvae.models import CVAE, VAE, LatentBank, build_model, traversal_latents
+from moonvae.core.models import CVAE, VAE, LatentBank, build_model, traversal_latents
 
 
 @pytest.fixture

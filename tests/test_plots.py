@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from browser import dump_dom
 
-from moonvae import plots, report
+from moonvae.analysis import plots, report
 
 
 @pytest.fixture

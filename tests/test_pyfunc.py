@@ -22,10 +22,12 @@ from sklearn.datasets import make_moons
 from sklearn.neighbors import KNeighborsClassifier
 from trained import older_model, tracking_store, train_and_register
 
-from moonvae import pyfunc, quality, tracking
 from moonvae.cli import main
 from moonvae.config import SOURCES, DataConfig, ModelConfig, RunConfig, TrainConfig
-from moonvae.models import CVAE, traversal_latents
+from moonvae.core.models import CVAE, traversal_latents
+from moonvae.sampling import quality
+from moonvae.serving import pyfunc
+from moonvae.tracking import runs
 
 # Small enough to train in about a second, good enough that CVAE samples land on their moon
 # (measured: 97.65% of aggregate-posterior samples, 62.75% of prior samples).
@@ -110,7 +112,7 @@ def test_signature_description_requirements_and_example(registered):
     assert "torch==2.13.0" in requirements and not any("+cpu" in line for line in requirements)
     example = json.loads((local / "serving_input_example.json").read_text())
     assert example["dataframe_split"]["columns"] == ["x1", "x2", "label"] and example["params"]["mode"] == "sample"
-    assert (local / "code" / "moonvae" / "models.py").is_file()  # the package travels with the model
+    assert (local / "code" / "moonvae" / "core" / "models.py").is_file()  # the package travels with the model
     assert not list(local.rglob("*.pkl"))  # nothing pickled: the model is rebuilt from code
 
 
@@ -119,7 +121,7 @@ def test_the_model_samples_by_default_from_the_source_its_run_judged_best(regist
     for kind, (model, run, outcome) in found.items():
         default = model.metadata.metadata["source"]
         inner = model.unwrap_python_model()
-        assert run.data.tags["moonvae.source"] == default == inner.default_source
+        assert run.data.tags["moonvae.sampling_source"] == default == inner.default_source
         local = Path(mlflow.artifacts.download_artifacts(f"models:/moonvae-{kind}@champion"))
         judged = json.loads((local / "artifacts" / "sources.json").read_text())
         assert judged["default"] == default and judged["sets"] == quality.TRIAL_SETS
@@ -319,8 +321,8 @@ def test_train_register_makes_the_new_version_champion(workdir):
     done = moonvae_train(workdir, "--register", "moons")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "registered moons version 1: load it with models:/moons@champion" in done.stdout
-    client = tracking.client()
-    (run,) = client.search_runs([tracking.experiment_id(client)])
+    client = runs.client()
+    (run,) = client.search_runs([runs.experiment_id(client)])
     version = client.get_model_version_by_alias("moons", "champion")
     assert int(version.version) == 1 and version.run_id == run.info.run_id and run.info.status == "FINISHED"
     assert client.get_registered_model("moons").description == pyfunc.DESCRIPTION

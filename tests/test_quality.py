@@ -8,8 +8,8 @@ import pytest
 import torch
 from sklearn.datasets import make_moons
 
-from moonvae import quality
-from moonvae.train import one_torch_thread
+from moonvae.core.train import one_torch_thread
+from moonvae.sampling import quality
 
 NOISE = 0.15
 N = 500  # points per set: the floor then takes a fraction of a second

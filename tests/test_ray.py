@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 from services import RAY_NO_AUTH, RayHead
 
-from moonvae.studies import WORKER_ATTR
+from moonvae.tuning.studies import WORKER_ATTR
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 # The driver joins the cluster at the head's address. Through the client server (ray://, as from

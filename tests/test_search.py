@@ -18,16 +18,18 @@ from conftest import mlflow_run, moonvae, subprocess_env
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from moonvae import metrics, search, spaces, studies, tracking, trials
+from moonvae import metrics
 from moonvae.config import ConfigError
-from moonvae.train import TrainingDiverged
+from moonvae.core.train import TrainingDiverged
+from moonvae.tracking import registry, runs
+from moonvae.tuning import search, spaces, studies, trials
 
 TINY = {"n_samples": 200, "max_epochs": 12}
 
 
 def tune(**options):
     options = {"model": "vae", "n_trials": 2, "fixed": TINY} | options
-    return search.run(search.plan(**options), tracking.client())
+    return search.run(search.plan(**options), runs.client())
 
 
 def load_study(name="moonvae-vae-basic"):
@@ -49,7 +51,7 @@ def by_state(study):
 
 @pytest.fixture
 def client(workdir):
-    return tracking.client()
+    return runs.client()
 
 
 @pytest.fixture
@@ -129,8 +131,8 @@ def test_trials_nest_under_one_study_run_with_two_workers(client):
     assert all(children(client, run.info.run_id) == [] for run in trials)  # two levels only
     for trial in study.trials:
         run = client.get_run(trial.user_attrs["mlflow_run_id"])
-        assert run.info.status == "FINISHED" and run.data.tags["optuna.state"] == trial.state.name
-        assert run.data.tags["optuna.trial"] == str(trial.number)
+        assert run.info.status == "FINISHED" and run.data.tags["moonvae.trial_state"] == trial.state.name
+        assert run.data.tags["moonvae.trial"] == str(trial.number)
         assert run.data.params["lr"] == str(trial.params["lr"])
         assert run.data.params["latent_dim"] == str(trial.params["latent_dim"])
         assert len(client.get_metric_history(run.info.run_id, "val_mse")) == 12
@@ -218,13 +220,13 @@ def test_a_duplicate_registration_by_a_second_worker_is_undone(client):
     name, first, alias = result.registered
     model_id = load_study().best_trial.user_attrs["mlflow_model_id"]
     # what a second worker finishing the study at the same moment does: register the same model again
-    duplicate = tracking.register_model(client, tracking.logged_model_info(model_id), name, alias=alias)
+    duplicate = registry.register_model(client, registry.logged_model_info(model_id), name, alias=alias)
     assert duplicate != first
-    assert tracking.keep_first_version(client, name, alias, model_id, duplicate) == first
+    assert registry.keep_first_version(client, name, alias, model_id, duplicate) == first
     assert [str(v.version) for v in client.search_model_versions(f"name='{name}'")] == [first]
     assert str(client.get_model_version_by_alias(name, alias).version) == first
     # the worker holding the first version keeps it
-    assert tracking.keep_first_version(client, name, alias, model_id, first) == first
+    assert registry.keep_first_version(client, name, alias, model_id, first) == first
 
 
 def test_resume_with_other_fixed_values_is_refused_and_leaves_the_study_alone(client):
@@ -309,7 +311,7 @@ def run_queued(monkeypatch, fail_when, n_trials: int, k: int, queued: list[dict]
     study = plan.studies["moonvae-vae-basic"]
     for params in queued:
         study.enqueue_trial(params)
-    search.run(plan, tracking.client())
+    search.run(plan, runs.client())
     return study
 
 
@@ -320,11 +322,11 @@ def test_pruned_and_failed_trials_are_recorded_and_the_study_goes_on(client, mon
     assert states[:3] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL]
     assert len(states) == 4 and states[3] != TrialState.FAIL  # the failure was replaced
     pruned = client.get_run(study.trials[1].user_attrs["mlflow_run_id"])
-    assert pruned.info.status == "KILLED" and pruned.data.tags["optuna.state"] == "PRUNED"
+    assert pruned.info.status == "KILLED" and pruned.data.tags["moonvae.trial_state"] == "PRUNED"
     assert pruned.data.tags["moonvae.status_reason"].startswith("pruned at epoch 9")
     assert len(client.get_metric_history(pruned.info.run_id, "val_mse")) == 10  # curves kept up to the prune
     failed = client.get_run(study.trials[2].user_attrs["mlflow_run_id"])
-    assert failed.info.status == "FAILED" and failed.data.tags["optuna.state"] == "FAIL"
+    assert failed.info.status == "FAILED" and failed.data.tags["moonvae.trial_state"] == "FAIL"
     assert (
         failed.data.tags["moonvae.status_reason"] == "TrainingDiverged: loss is not finite at epoch 3; try a lower lr"
     )
@@ -358,14 +360,14 @@ def test_a_seeded_study_is_the_same_twice_at_any_k(workdir, k):
     values = []
     for name in ("first", "second"):
         plan = search.plan("vae", "basic", 6, study_base=name, fixed=TINY, trials_at_once=k)
-        search.run(plan, tracking.client())
+        search.run(plan, runs.client())
         values.append([(trial.params, trial.value) for trial in plan.studies[name].trials])
     assert values[0] == values[1]
 
 
 def test_only_a_trial_that_leads_logs_its_model(client):
     plan = search.plan("vae", "probabilistic", 6, fixed=TINY, trials_at_once=3)
-    search.run(plan, tracking.client())
+    search.run(plan, runs.client())
     study = plan.studies["moonvae-vae-probabilistic"]
     best_so_far, logged = math.inf, []
     for trial in study.trials:  # a round's trials end in trial order, each judged against those ended before it
@@ -403,7 +405,7 @@ def test_a_dead_workers_trial_is_failed_and_replaced(client, monkeypatch):
     study = plan.studies["moonvae-vae-basic"]
     orphan = study.ask()  # what a killed worker leaves: a RUNNING trial and a RUNNING run
     plan.storage.record_heartbeat(orphan._trial_id)
-    with tracking.run(client, "trial-000") as orphan_run:
+    with runs.run(client, "trial-000") as orphan_run:
         orphan.set_user_attr("mlflow_run_id", orphan_run)
         threading.Event().wait(2.5)  # the heartbeat goes stale
         search.run(plan, client)
@@ -471,8 +473,8 @@ def test_mlflow_run_tune_resumes_one_study_and_registers_both_champions(workdir,
 
 
 def test_a_password_in_a_storage_url_under_mlflow_run_is_refused(workdir):
-    client = tracking.client()
-    entry = client.create_run(tracking.experiment_id(client)).info.run_id  # what `mlflow run` makes first
+    client = runs.client()
+    entry = client.create_run(runs.experiment_id(client)).info.run_id  # what `mlflow run` makes first
     env = subprocess_env(workdir) | {"MLFLOW_RUN_ID": entry}
     command = [sys.executable, "-m", "moonvae", "tune", "--storage", "postgresql://me:secret@db/optuna"]
     done = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True)

@@ -4,8 +4,8 @@ import optuna
 import pytest
 from studies import write_studies
 
-from moonvae import studies
-from moonvae.spaces import SPACES
+from moonvae.tuning import studies
+from moonvae.tuning.spaces import SPACES
 
 WRITTEN = ("basic", "data", "probabilistic")  # the spaces write_studies fills
 

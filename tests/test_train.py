@@ -4,10 +4,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from moonvae import data
 from moonvae.config import TrainConfig
-from moonvae.models import build_model
-from moonvae.train import TrainingDiverged, evaluate, fit
+from moonvae.core import data
+from moonvae.core.models import build_model
+from moonvae.core.train import TrainingDiverged, evaluate, fit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -16,8 +16,8 @@ import pytest
 from browser import dump_dom
 from PIL import Image
 
-from moonvae import tracking
-from moonvae.experiment import run_training
+from moonvae.tracking import runs
+from moonvae.tracking.experiment import run_training
 
 pytestmark = pytest.mark.slow  # a server to start, then Chromium
 
@@ -44,8 +44,8 @@ PAGE = """<!doctype html>
 
 def test_chromium_shows_a_runs_plot_and_grid_image_from_the_server(workdir, tracking_server, monkeypatch, small_config):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server)
-    client = tracking.client()
-    with tracking.run(client, "ui") as run_id:
+    client = runs.client()
+    with runs.run(client, "ui") as run_id:
         run_training(small_config, client, run_id, log_model=False)
     thumbnail = next(a.path for a in client.list_artifacts(run_id, "images") if a.path.endswith("+compressed.webp"))
     paths = {"plot": "plots/reconstruction.png", "thumbnail": thumbnail}

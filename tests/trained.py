@@ -11,11 +11,12 @@ import pytest
 from conftest import use_folder
 from mlflow.models import Model
 
-from moonvae import pyfunc, tracking
 from moonvae.config import RunConfig
-from moonvae.experiment import Outcome, run_training
-from moonvae.tracking import Client
-from moonvae.train import one_torch_thread
+from moonvae.core.train import one_torch_thread
+from moonvae.serving import pyfunc
+from moonvae.tracking import registry, runs
+from moonvae.tracking.experiment import Outcome, run_training
+from moonvae.tracking.runs import Client
 
 
 @contextmanager
@@ -26,14 +27,14 @@ def tracking_store(path: Path) -> Iterator[Client]:
     """
     with pytest.MonkeyPatch.context() as patch:
         use_folder(path, patch)
-        yield tracking.client()
+        yield runs.client()
 
 
 def train_and_register(client: Client, config: RunConfig, name: str) -> tuple[str, Outcome]:
     """Train `config` in a run, log the model, register it as `name` with alias champion; returns the run id."""
-    with one_torch_thread(), tracking.run(client, f"train-{name}") as run_id:
+    with one_torch_thread(), runs.run(client, f"train-{name}") as run_id:
         outcome = run_training(config, client, run_id, cache_dir=Path("data"))
-    tracking.register_model(client, outcome.model_info, name, description=pyfunc.DESCRIPTION)
+    registry.register_model(client, outcome.model_info, name)
     return run_id, outcome
 
 

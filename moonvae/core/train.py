@@ -1,0 +1,147 @@
+"""The training loop: tensors in, best weights and a history out.
+
+Knows nothing of MLflow or Optuna: each finished epoch goes to an optional
+callback (which may raise to stop the run, as a pruner does), and the whole
+history comes back in the result.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+from moonvae.config import TrainConfig
+from moonvae.core.data import Split
+from moonvae.core.models import VAE, LossTerms
+
+
+@dataclass(frozen=True)
+class EpochMetrics:
+    epoch: int  # 0-based; also the MLflow step
+    train_loss: float
+    val_loss: float
+    val_mse: float
+    val_kl: float
+    lr: float  # the learning rate this epoch ran with
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "train_loss": self.train_loss,
+            "val_loss": self.val_loss,
+            "val_mse": self.val_mse,
+            "val_kl": self.val_kl,
+            "lr": self.lr,
+        }
+
+
+EpochCallback = Callable[[EpochMetrics], None]
+
+
+@dataclass
+class TrainResult:
+    best_epoch: int
+    best_val_mse: float
+    stopped_early: bool  # patience ran out before max_epochs
+    history: list[EpochMetrics] = field(default_factory=list)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the message says at which epoch."""
+
+
+@torch.inference_mode()
+def evaluate(model: VAE, split: Split) -> LossTerms:
+    """Loss terms on a whole split, with z at the posterior mean (eval mode)."""
+    was_training = model.training
+    model.eval()
+    try:
+        x_hat, latents = model(split.x, split.y)
+        return model.loss(split.x, x_hat, latents)
+    finally:
+        model.train(was_training)
+
+
+def fit(
+    model: VAE,
+    train: Split,
+    val: Split,
+    config: TrainConfig,
+    on_epoch: EpochCallback | None = None,
+) -> TrainResult:
+    """Adam + gradient clipping + ReduceLROnPlateau, early stopping on val MSE.
+
+    Batches are slices of one seeded permutation of the preloaded tensors per
+    epoch (no DataLoader). The weights with the best val MSE are restored
+    before returning.
+
+    The models are small, so per-call overhead rather than arithmetic sets the
+    pace: Adam runs fused, the best weights are copied into tensors allocated
+    once, and the batch losses stay tensors until the epoch ends.
+    """
+    generator = torch.Generator().manual_seed(config.seed)
+    parameters = list(model.parameters())
+    optimizer = torch.optim.Adam(parameters, lr=config.lr, fused=True)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=config.lr_factor, patience=config.lr_patience
+    )
+    weights = list(model.state_dict().values())
+    best_weights = [tensor.detach().clone() for tensor in weights]
+    result = TrainResult(best_epoch=0, best_val_mse=math.inf, stopped_early=False)
+    n = len(train)
+    batch_sizes = torch.tensor([len(batch) for batch in torch.arange(n).split(config.batch_size)], dtype=torch.float32)
+    for epoch in range(config.max_epochs):
+        model.train()
+        lr = optimizer.param_groups[0]["lr"]
+        order = torch.randperm(n, generator=generator)
+        batch_losses = []
+        for x, y in zip(train.x[order].split(config.batch_size), train.y[order].split(config.batch_size), strict=True):
+            x_hat, latents = model(x, y, generator)
+            loss = model.loss(x, x_hat, latents).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip, foreach=True)
+            optimizer.step()
+            batch_losses.append(loss.detach())
+        train_loss = torch.stack(batch_losses).dot(batch_sizes).item() / n
+        val_loss, val_mse, val_kl = torch.stack(evaluate(model, val)).tolist()
+        metrics = EpochMetrics(epoch, train_loss, val_loss, val_mse, val_kl, lr)
+        if not all(math.isfinite(value) for value in metrics.as_dict().values()):
+            raise TrainingDiverged(
+                f"loss is not finite at epoch {epoch} (train_loss={metrics.train_loss}, "
+                f"val_loss={metrics.val_loss}); try a lower lr"
+            )
+        result.history.append(metrics)
+        scheduler.step(metrics.val_loss)
+        if metrics.val_mse < result.best_val_mse:
+            result.best_val_mse, result.best_epoch = metrics.val_mse, epoch
+            for best, now in zip(best_weights, weights, strict=True):
+                best.copy_(now)
+        if on_epoch is not None:
+            on_epoch(metrics)
+        if epoch + 1 >= config.min_epochs and epoch - result.best_epoch >= config.patience:
+            result.stopped_early = True
+            break
+    for now, best in zip(weights, best_weights, strict=True):
+        now.copy_(best)
+    model.eval()
+    return result
+
+
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Train on one torch thread; parallelism, where wanted, comes from several trials at once.
+
+    These models are too small for intra-op threads to pay: on a 2-core machine
+    two torch threads per fit ran 6 to 60 times slower than one when other work
+    shared the cores (bench/tune_speed.py).
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
