@@ -184,19 +184,19 @@ class MoonVAEModel(mlflow.pyfunc.PythonModel):
             raise invalid(f"unknown source {source!r}: this model samples from {held}")
         if source not in self.sources:
             raise invalid(f"this model holds no latent {source} (it was logged before moonvae fitted one): use {held}")
-        generator = make_generator(options["seed"])
+        rng = make_rng(options["seed"])
         y = labels if self.network.config.conditional else None  # the VAE ignores labels: it samples both moons
         if source == "prior":
-            x = self.network.sample(n, labels, generator)
+            x = self.network.sample(n, labels, rng)
         elif source == "posterior":
-            x = self.network.sample_posterior(self.bank, n, y, generator)
+            x = self.network.sample_posterior(self.bank, n, y, rng)
         else:
-            x = self.network.decode(sample_mixture(self.mixture, n, y, generator), y)
+            x = self.network.decode(sample_mixture(self.mixture, n, y, rng), y)
         return xy_frame(x)
 
     def _reconstruct(self, x: torch.Tensor, labels: torch.Tensor | None, options: dict[str, Any]) -> pd.DataFrame:
         mean, logvar = self.network.encode(x, labels)
-        z = self.network.draw_latent(mean, logvar, make_generator(options["seed"])) if options["stochastic"] else mean
+        z = self.network.draw_latent(mean, logvar, make_rng(options["seed"])) if options["stochastic"] else mean
         return xy_frame(self.network.decode(z, labels))
 
     def _encode(self, x: torch.Tensor, labels: torch.Tensor | None, options: dict[str, Any]) -> pd.DataFrame:
@@ -261,14 +261,14 @@ def xy_frame(x: torch.Tensor) -> pd.DataFrame:
     return pd.DataFrame(x.numpy(), columns=["x1", "x2"])
 
 
-def make_generator(seed: int | None) -> torch.Generator:
-    """Seeded for reproducible draws; without a seed, fresh ones on every call."""
-    generator = torch.Generator()
+def make_rng(seed: int | None) -> torch.Generator:
+    """A torch random generator, seeded for reproducible draws; without a seed, fresh ones on every call."""
+    rng = torch.Generator()
     if seed is None:
-        generator.seed()
+        rng.seed()
     else:
-        generator.manual_seed(int(seed))
-    return generator
+        rng.manual_seed(int(seed))
+    return rng
 
 
 def signature(default_source: str) -> ModelSignature:
