@@ -254,7 +254,7 @@ def fit_mixture(
 
 
 def sample_mixture(
-    state: dict[str, torch.Tensor], n: int, labels: torch.Tensor | None = None, generator: torch.Generator | None = None
+    state: dict[str, torch.Tensor], n: int, labels: torch.Tensor | None = None, rng: torch.Generator | None = None
 ) -> torch.Tensor:
     """n latents (n x d) from the mixture; with per-label mixtures, row i from the mixture of labels[i].
 
@@ -272,11 +272,15 @@ def sample_mixture(
     component = torch.empty(n, dtype=torch.int64)
     for m in mixture.unique():
         rows = (mixture == m).nonzero().squeeze(1)
-        component[rows] = torch.multinomial(state["weights"][m], len(rows), replacement=True, generator=generator)
-    eps = torch.randn((n, state["factors"].shape[3]), generator=generator)
-    noise = torch.randn((n, state["means"].shape[2]), generator=generator)
+        component[rows] = torch.multinomial(state["weights"][m], len(rows), replacement=True, generator=rng)
+    eps = torch.randn((n, state["factors"].shape[3]), generator=rng)
+    noise = torch.randn((n, state["means"].shape[2]), generator=rng)
     z = state["means"][mixture, component] + state["noise"][mixture] * noise
-    for m, k in torch.stack([mixture, component], dim=1).unique(dim=0).tolist():
-        rows = ((mixture == m) & (component == k)).nonzero().squeeze(1)
-        z[rows] += eps[rows] @ state["factors"][m, k].T
+    factors = state["factors"].flatten(0, 1)  # (M * K, d, r): one row per (mixture, component)
+    group = mixture * state["factors"].shape[1] + component
+    counts = torch.bincount(group, minlength=len(factors)).tolist()
+    rows_by_group = group.argsort(stable=True).split(counts)  # rows sorted by group, then one slice per group
+    for rows, factor in zip(rows_by_group, factors, strict=True):
+        if len(rows):
+            z[rows] += eps[rows] @ factor.T
     return z
