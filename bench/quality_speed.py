@@ -1,23 +1,28 @@
-"""What judging samples costs, next to a default trial's training, and what an exact sampler scores.
+"""What judging samples costs, how many sets its decisions need, and what reference samplers score.
 
 Prints:
-  kernel     one 2000 x 2000 kernel mean: float32 blocks (quality) vs float64 cdist, and their MMDs
-  parts      one round of judge() taken apart: MMD, C2ST, copying, spacing, on-moon
-  floor      computing the floor (once per noise and n) vs reading it from the cache
-  judge      judge() of a default-config VAE's posterior and CVAE's posterior for sets = 1, 2, 4, 16,
-             in ms and as a share of the model's training time
-  exact      the exact sampler's scores with the full protocol (16 sets) over several seeds: ~1x, ~0.5, ~1,
-             and the mean mmd_ratio over the seeds with its standard error
+  terms      per width at the default noise: the Gauss-Legendre nodes per moon, the time to compute the
+             closed-form terms once, and how much twice the nodes change them (the quadrature has converged)
+  mmd        one set's squared MMD at each width: on the lattice and directly, with their agreement
+  parts      one set of 2000 points taken apart: MMD (three widths), C2ST, copying, spacing, on-moon
+  judge      judging a default-config VAE's and CVAE's three sources (trained with early stopping, as a
+             default trial): CPU seconds for 2 sets each, and with the validation protocol (each source until
+             its MMD summary's standard error is 5%), with the sets that took
+  sets       an exact sampler's and those models' sources' one-set spread of the MMD summary (from 64 sets), and
+             the sets that spread needs for a 5% standard error: (spread / 0.05)^2
+  reference  an exact sampler, and exact shapes with noise 0.12 instead of 0.15, judged with --sets sets: each
+             width's ratio with its standard error
 
-Times are CPU times (time.process_time, one torch thread), which other work on a
-shared machine inflates far less than wall times.
+Times are CPU times (time.process_time, one torch thread, the median of 5 calls), which
+other work on a shared machine inflates far less than wall times.
 
-Run: python bench/quality_speed.py [--seeds 10]
+Run: python bench/quality_speed.py [--sets 64]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import tempfile
 import time
 from collections.abc import Callable
@@ -26,13 +31,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.spatial import cKDTree
 
 from moonvae.config import RunConfig
 from moonvae.core import data
 from moonvae.core.models import build_model, latent_bank
 from moonvae.core.train import fit
-from moonvae.sampling import quality
-from moonvae.sampling.quality import c2st_accuracy
+from moonvae.sampling import distribution, quality, sources
 
 NOISE = RunConfig().data.noise
 REPEATS = 5  # timings are the median of this many calls
@@ -49,99 +54,115 @@ def ms(call: Callable[[], object], repeats: int = REPEATS) -> float:
     return 1000 * float(np.median(times))
 
 
-def float64_kernel_mean(a: torch.Tensor, b: torch.Tensor, bandwidth: float) -> float:
-    """The plain way: float64 cdist, the whole matrix at once."""
-    return float(torch.exp(-torch.cdist(a, b).pow(2) / (2 * bandwidth**2)).mean())
+def term_figures() -> None:
+    for scale, width in distribution.widths(NOISE).items():
+        nodes = distribution.nodes(width, NOISE)
+        start = time.process_time()
+        coarse = distribution.kernel(width, NOISE, nodes)
+        took = 1000 * (time.process_time() - start)
+        fine = distribution.kernel(width, NOISE, 2 * nodes)
+        probes = distribution.exact_moons(quality.N_POINTS, NOISE, distribution.rng(7))[0]
+        change = (coarse.expected(probes) - fine.expected(probes)).abs().max().item()
+        print(
+            f"terms   {scale:4} width {width:.3f}: {nodes} nodes a moon, {took:.1f} ms once; {2 * nodes} nodes change "
+            f"E_PP k by {abs(coarse.pair_mean - fine.pair_mean):.0e} and E_P k(., y) by {change:.0e} at most"
+        )
 
 
-def kernel_figures() -> None:
-    a, b = (quality.exact_moons(quality.N_POINTS, NOISE, quality.generator(k))[0] for k in (1, 2))
-    bandwidth = quality.mmd_floor(NOISE).bandwidth
-    ours = quality.mmd(a, b, bandwidth)
-    a64, b64 = a.double(), b.double()
-    theirs = float64_kernel_mean(a64, a64, bandwidth) + float64_kernel_mean(b64, b64, bandwidth)
-    theirs -= 2 * float64_kernel_mean(a64, b64, bandwidth)
-    print(f"kernel  float32 blocks {ms(lambda: quality.kernel_mean(a, b, bandwidth)):6.1f} ms   ", end="")
-    print(f"float64 cdist {ms(lambda: float64_kernel_mean(a64, b64, bandwidth)):6.1f} ms")
-    print(f"        MMD {ours:.6e} vs {theirs:.6e} (relative difference {abs(ours - theirs) / theirs:.1e})")
+def mmd_figures() -> None:
+    y = distribution.exact_moons(quality.N_POINTS, NOISE, distribution.rng(1))[0]
+    points = y.double()
+    for scale, term in distribution.kernels(NOISE).items():
+        lattice = distribution.squared_mmd(y, term)
+
+        def direct(term: distribution.Kernel = term) -> float:
+            pairs = distribution.kernel_mean(points, points, term.width)
+            return term.pair_mean - 2 * float(term.expected(points).mean()) + pairs
+
+        print(
+            f"mmd     {scale:4} lattice {ms(lambda t=term: distribution.squared_mmd(y, t)):5.2f} ms, directly "
+            f"{ms(direct):6.2f} ms, relative difference {abs(lattice - direct()) / direct():.0e}"
+        )
 
 
 def part_figures(train_x: np.ndarray) -> None:
-    real, labels = quality.exact_moons(quality.N_POINTS, NOISE, quality.generator(1))
-    fake = quality.exact_moons(quality.N_POINTS, NOISE, quality.generator(2))[0]
-    train = torch.from_numpy(train_x)
-    bandwidth = quality.mmd_floor(NOISE).bandwidth
+    real, labels = distribution.exact_moons(quality.N_POINTS, NOISE, distribution.rng(1))
+    fake = distribution.exact_moons(quality.N_POINTS, NOISE, distribution.rng(2))[0]
+    train = cKDTree(train_x.astype(np.float64))
     parts = {
-        "mmd": lambda: quality.mmd(real, fake, bandwidth),
-        "c2st": lambda: c2st_accuracy(real.numpy(), fake.numpy(), 0),
-        "copying": lambda: (quality.nearest_distance(fake, train), quality.nearest_distance(real, train)),
+        "mmd": lambda: distribution.mmd_ratios(fake, NOISE),
+        "c2st": lambda: quality.c2st_accuracy(real.numpy(), fake.numpy(), 0),
+        "copying": lambda: quality.nearest_distance(fake, train),
         "spacing": lambda: quality.nearest_other(fake),
         "on_moon": lambda: quality.on_moon_share(fake, labels, NOISE),
     }
     print("parts   " + "   ".join(f"{name} {ms(call):5.1f} ms" for name, call in parts.items()))
 
 
-def floor_figures() -> None:
-    with tempfile.TemporaryDirectory() as cache:
-        quality.compute_floor.cache_clear()
-        start = time.process_time()
-        floor = quality.mmd_floor(NOISE, quality.N_POINTS, Path(cache))
-        computed = time.process_time() - start
-        quality.compute_floor.cache_clear()
-        read = ms(lambda: quality.mmd_floor(NOISE, quality.N_POINTS, Path(cache)))
-    spread = floor.mmd_std / floor.mmd
-    print(f"floor   computed in {computed:.1f} s, read from the cache in {read:.2f} ms: {floor.mmd:.3e} ", end="")
-    print(f"(one pair's spread {spread:.2f}x, the mean's {spread / floor.pairs**0.5:.2f}x)")
-
-
-def judge_figures(moons: data.MoonsData) -> None:
-    train_x = moons.train.x.numpy()
+def default_models(moons: data.MoonsData) -> dict[str, dict[str, quality.Sampler]]:
+    """A default-config VAE and CVAE, trained as a default trial, and their sources."""
+    found = {}
     for kind in ("vae", "cvae"):
         config = RunConfig()
         network = build_model(replace(config.model, model=kind), config.train.seed)
-        start = time.process_time()
         fit(network, moons.train, moons.val, config.train)
-        trained = 1000 * (time.process_time() - start)
-        sampler = quality.posterior_sampler(network, latent_bank(network, moons.train.x, moons.train.y))
-        figures = []
-        for sets in (1, 2, 4, 16):
-            options = dict(sets=sets, conditional=kind == "cvae")
-            cost = ms(lambda s=sampler, o=options: quality.judge(s, train_x, NOISE, **o))
-            figures.append(f"sets={sets} {cost:6.0f} ms ({100 * cost / trained:4.1f}%)")
-        print(f"judge   {kind:4} default config, trained in {trained:5.0f} ms: " + "  ".join(figures))
+        network.eval()
+        mixture = sources.fit_latent_mixture(network, moons, config.train.seed)
+        found[kind] = sources.samplers(network, latent_bank(network, moons.train.x, moons.train.y), mixture)
+    return found
 
 
-def exact_figures(train_x: np.ndarray, seeds: int) -> None:
-    sampler = quality.exact_sampler(NOISE)
-    ratios = []
-    for seed in range(seeds):
-        scores = quality.judge(sampler, train_x, NOISE, sets=quality.FULL_SETS, seed=seed, conditional=True)
-        ratios.append(scores["mmd_ratio"])
-        print(
-            f"exact   seed {seed}: mmd_ratio {scores['mmd_ratio']:.2f} (one set's spread {scores['mmd_ratio_std']:.2f})"
-            f"  c2st {scores['c2st']:.3f}  copying {scores['copying']:.3f}  spacing {scores['spacing']:.3f}"
-            f"  on_moon {scores['on_moon']:.4f}"
+def judge_figures(models: dict[str, dict[str, quality.Sampler]], train_x: np.ndarray) -> None:
+    for kind, samplers in models.items():
+        options = dict(seed=sources.VALIDATION_SEED, conditional=kind == "cvae")
+        two = ms(lambda s=samplers, o=options: quality.judge_all(s, train_x, NOISE, sets=2, **o))
+        start = time.process_time()
+        judged = quality.judge_all(
+            samplers, train_x, NOISE, sets=sources.VALIDATION_SETS, target_error=sources.VALIDATION_ERROR, **options
         )
-    error = np.std(ratios, ddof=1) / np.sqrt(seeds)
-    print(
-        f"exact   mean mmd_ratio over {seeds} seeds: {np.mean(ratios):.2f} +- {error:.2f}, "
-        f"range {min(ratios):.2f}-{max(ratios):.2f}"
-    )
+        took = time.process_time() - start
+        sets = ", ".join(f"{source} {scores['sets']}" for source, scores in judged.items())
+        print(f"judge   {kind:4} 2 sets a source {two / 1000:.3f} s; validation {took:.2f} s (sets: {sets})")
+
+
+def spread_figures(models: dict[str, dict[str, quality.Sampler]], train_x: np.ndarray, sets: int) -> None:
+    rows = {"exact sampler": (quality.exact_sampler(NOISE), True)}
+    rows |= {f"{kind} {source}": (s, kind == "cvae") for kind, found in models.items() for source, s in found.items()}
+    for name, (sampler, conditional) in rows.items():
+        scores = quality.judge(sampler, train_x, NOISE, sets=sets, conditional=conditional)
+        spread = scores["mmd_summary_se"] / scores["mmd_summary"] * math.sqrt(sets)
+        print(
+            f"sets    {name:15} summary {scores['mmd_summary']:7.3f} +- {scores['mmd_summary_se']:.3f} ({sets} sets): "
+            f"one set's spread {spread:.2f}, 5% needs {math.ceil((spread / 0.05) ** 2)} sets"
+        )
+
+
+def reference_figures(train_x: np.ndarray, sets: int) -> None:
+    def narrower(n: int, rng: torch.Generator, labels: torch.Tensor | None) -> np.ndarray:
+        return distribution.exact_moons(n, 0.12, rng, labels)[0].numpy()
+
+    for name, sampler in {"exact sampler": quality.exact_sampler(NOISE), "noise 0.12": narrower}.items():
+        scores = quality.judge(sampler, train_x, NOISE, sets=sets, conditional=True)
+        widths = "  ".join(f"{s} {scores[f'mmd_{s}']:.3f} +- {scores[f'mmd_{s}_se']:.3f}" for s in distribution.SCALES)
+        print(f"ref     {name:13} ({sets} sets): {widths}  summary {scores['mmd_summary']:.3f} +- ", end="")
+        print(f"{scores['mmd_summary_se']:.3f}  c2st {scores['c2st']:.3f}  on_moon {scores['on_moon']:.4f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=10, help="seeds of the exact sampler's full-protocol scores")
+    parser.add_argument("--sets", type=int, default=quality.FULL_SETS, help="sets of the spread and reference rows")
     args = parser.parse_args()
     torch.set_num_threads(1)  # as `moonvae train` and `moonvae tune` train
     with tempfile.TemporaryDirectory() as tmp:
         moons = data.load(RunConfig().data, Path(tmp))
     train_x = moons.train.x.numpy()
-    floor_figures()
-    kernel_figures()
+    term_figures()
+    mmd_figures()
     part_figures(train_x)
-    judge_figures(moons)
-    exact_figures(train_x, args.seeds)
+    models = default_models(moons)
+    judge_figures(models, train_x)
+    spread_figures(models, train_x, args.sets)
+    reference_figures(train_x, args.sets)
 
 
 if __name__ == "__main__":

@@ -3,10 +3,10 @@
 Trains each model below once (seed 42, early stopping, the study's data), fits the
 latent mixture to the means with diagonal and with full covariances, and with full ones
 plus the decoder's training noise (`train_noise`), and judges every source with the
-full protocol (16 sets of 2000 points). Prints one row per model and source:
-mmd_ratio with its standard error over the sets (mean +- std / sqrt(sets)), c2st,
-copying, spacing, on_moon (CVAE), and for mixtures the components per mixture and the
-fit's CPU seconds. An exact sampler scores 1 +- 0.2, 0.50, 1.00, 1.00 and 0.991.
+full protocol (quality.FULL_SETS sets of 2000 points). Prints one row per model and
+source: the MMD summary and the three widths' ratios, c2st, copying, spacing and on_moon
+(CVAE), each with its standard error over the sets, and for mixtures the components per
+mixture and the fit's CPU seconds. An exact sampler scores 1, 0.50, 1.00, 1.00 and 0.991.
 
 Run: python bench/sources.py [--sets 16] [--seed 0]
 """
@@ -14,7 +14,6 @@ Run: python bench/sources.py [--sets 16] [--seed 0]
 from __future__ import annotations
 
 import argparse
-import math
 import tempfile
 import time
 import warnings
@@ -26,7 +25,7 @@ from moonvae.config import ModelConfig, RunConfig
 from moonvae.core import data
 from moonvae.core.models import build_model, latent_bank
 from moonvae.core.train import fit
-from moonvae.sampling import density, quality
+from moonvae.sampling import density, quality, sources
 
 MODELS = {  # eps_w / beta / latent_dim / encoder / decoder
     "vae 0.1/1/128/8/128 (defaults)": ModelConfig(),
@@ -40,13 +39,13 @@ MODELS = {  # eps_w / beta / latent_dim / encoder / decoder
 }
 
 
-def row(model: str, source: str, scores: dict[str, float], sets: int, extra: str = "") -> str:
-    error = scores["mmd_ratio_std"] / math.sqrt(sets)
-    on_moon = f"{scores['on_moon']:.4f}" if "on_moon" in scores else "-"
-    return (
-        f"| {model} | {source} | {scores['mmd_ratio']:.2f} +- {error:.2f} | {scores['c2st']:.3f} "
-        f"| {scores['copying']:.2f} | {scores['spacing']:.2f} | {on_moon} | {extra} |"
-    )
+def row(model: str, source: str, scores: dict[str, float], extra: str = "") -> str:
+    def figure(score: str, digits: int) -> str:
+        return f"{scores[score]:.{digits}f} +- {scores[score + '_se']:.{digits}f}" if score in scores else "-"
+
+    figures = [figure(score, 2) for score in ("mmd_summary", "mmd_wide", "mmd_mid", "mmd_fine")]
+    figures += [figure("c2st", 3), figure("copying", 2), figure("spacing", 2), figure("on_moon", 4)]
+    return f"| {model} | {source} | {' | '.join(figures)} | {extra} |"
 
 
 def main() -> None:
@@ -60,9 +59,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         moons = data.load(config.data, Path(tmp))
         train_x, noise = moons.train.x.numpy(), config.data.noise
-        judge = dict(sets=args.sets, seed=args.seed, floor_cache=Path(tmp))
-        print("| model | source | mmd_ratio | c2st | copying | spacing | on_moon | mixture |")
-        print("|---|---|---|---|---|---|---|---|")
+        judge = dict(sets=args.sets, seed=args.seed)
+        print(f"{args.sets} sets of {quality.N_POINTS} points; +- is the standard error over the sets")
+        print("| model | source | summary | wide | mid | fine | c2st | copying | spacing | on_moon | mixture |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for name, model in MODELS.items():
             network = build_model(model, config.train.seed)
             start = time.process_time()
@@ -72,10 +72,10 @@ def main() -> None:
             val = latent_bank(network, moons.val.x, moons.val.y)
             conditional = model.conditional
             options = dict(judge, conditional=conditional)
-            prior = quality.judge(quality.prior_sampler(network), train_x, noise, **options)
-            print(row(name, "prior", prior, args.sets, f"(trained in {trained:.1f} s)"))
-            posterior = quality.judge(quality.posterior_sampler(network, train), train_x, noise, **options)
-            print(row(name, "posterior", posterior, args.sets))
+            prior = quality.judge(sources.prior_sampler(network), train_x, noise, **options)
+            print(row(name, "prior", prior, f"(trained in {trained:.1f} s)"))
+            posterior = quality.judge(sources.posterior_sampler(network, train), train_x, noise, **options)
+            print(row(name, "posterior", posterior))
             labels = (train.y, val.y) if conditional else (None, None)
             spread = density.training_noise(train.logvar, model.eps_w)
             for source, covariance, train_noise in (
@@ -89,9 +89,9 @@ def main() -> None:
                     train_noise=train_noise,
                 )  # fmt: skip
                 fitted = time.process_time() - start
-                scores = quality.judge(quality.mixture_sampler(network, mixture), train_x, noise, **options)
+                scores = quality.judge(sources.mixture_sampler(network, mixture), train_x, noise, **options)
                 components = "+".join(str(k) for k in mixture["components"].tolist())
-                print(row(name, source, scores, args.sets, f"{components} in {fitted:.1f} s"))
+                print(row(name, source, scores, f"{components} in {fitted:.1f} s"))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """Every metric moonvae logs: its name, where it is logged, and what it means.
 
 The one home of metric definitions. A new metric is defined here first, then
-computed by the layer that owns its scope: `train.py` per epoch, `experiment.py`
-at the end of a run (`generation.py` per sampling source), `summary.py` on a study
-run, `evaluate.py` and `generation.py` in `analyse`.
+computed by the layer that owns its scope: `core/train.py` per epoch,
+`tracking/experiment.py` at the end of a run (`sampling/sources.py` per sampling
+source), `tuning/results.py` on a study run, `analysis/reconstruction.py` and
+`analysis/aliases.py` in `analyse`.
 Tests hold each layer's names, and the README's metric table, to this list.
 """
 
@@ -18,7 +19,8 @@ N_EVAL = 2000  # points per sample in `analyse`: a few thousand keep MMD's noise
 class Metric:
     name: str
     # epoch (step = epoch), run (a train run or trial), source (per sampling source: `<source>_<name>` on every run,
-    # `<model>_<source>_<name>` and `<model>_<alias>_<source>_<name>` in analyse), study (study run), pareto (study
+    # `<model>_<source>_<name>` and `<model>_<alias>_<source>_<name>` in analyse; every score but the sets with its
+    # standard error over the sets, `<source>_<name>_se`), study (study run), pareto (study
     # run of a multi-objective study), tune (entry run), analyse
     scope: str
     meaning: str
@@ -40,14 +42,18 @@ METRICS = (
     Metric("active_units", "run", "latent units whose posterior mean varies over the data (Burda et al. 2016)"),
     Metric("active_fraction", "run", "active_units over latent_dim"),
     Metric("mutual_info", "run", "I(x; z) under q in nats, at most log N: what the latent keeps about x"),
-    Metric("mmd_floor", "run", "the squared MMD exact samplers score at the run's noise: what each mmd_ratio divides"),
-    Metric("mmd_ratio", "run", "the default source's mmd_ratio: the model's sample quality, the generative objective"),
-    Metric("mmd_ratio", "source", "squared MMD between samples and exact draws over the floor, mean over the sets"),
-    Metric("mmd_ratio_std", "source", "the sets' spread of mmd_ratio (its standard error: this / sqrt(sets))"),
+    Metric("mmd_summary", "run", "the default source's mmd_summary: the model's sample quality, the generative goal"),
+    Metric("mmd_summary_se", "run", "its standard error"),
+    Metric("mmd_wide", "source", "a set's squared MMD to the distribution over an exact sampler's (1), width ~1.18"),
+    Metric("mmd_mid", "source", "the same at width 2 x noise (0.3 at the default): the moons' thickness and curvature"),
+    Metric("mmd_fine", "source", "the same at width noise / 2 (0.075 at the default): the noise itself"),
+    Metric("mmd_summary", "source", "the geometric mean of mmd_wide, mmd_mid and mmd_fine: what decisions compare"),
     Metric("c2st", "source", "held-out accuracy of a k-NN classifier telling samples from exact draws (0.5: alike)"),
-    Metric("copying", "source", "median sample-to-nearest-training-point distance over fresh points' (< 1: copies)"),
+    Metric("copying", "source", "median sample-to-nearest-training-point distance over exact draws' (< 1: copies)"),
     Metric("spacing", "source", "median distance between nearest samples over exact draws' (< 1: clumps)"),
     Metric("on_moon", "source", "CVAE: share of samples on the requested moon (Bayes classifier; exact: 0.991)"),
+    Metric("sets", "source", "the sets of 2000 samples behind the source's mmd scores (each a mean over them)"),
+    Metric("check_sets", "source", "the first of those sets behind its c2st, copying, spacing and on_moon"),
     Metric("trial_val_mse", "study", "each complete trial's best_val_mse (step = trial number)"),
     Metric("best_val_mse", "study", "the best best_val_mse among trials up to this one (step = trial number)"),
     Metric("best_trial", "study", "the number of that trial (of a multi-objective study: the registered generator)"),
@@ -58,22 +64,21 @@ METRICS = (
     Metric("trials_pruned", "study", "trials the pruner stopped"),
     Metric("trials_fail", "study", "trials that failed (they do not count towards n_trials)"),
     Metric("wall_seconds", "study", "wall time of the last call on the study"),
-    Metric("trial_mmd_ratio", "pareto", "each complete trial's mmd_ratio, the second objective (step = trial number)"),
-    Metric("best_mmd_ratio", "pareto", "the lowest mmd_ratio among trials up to this one (step = trial number)"),
+    Metric("trial_mmd_summary", "pareto", "each complete trial's mmd_summary, the second objective (step = trial)"),
+    Metric("best_mmd_summary", "pareto", "the lowest mmd_summary among trials up to this one (step = trial number)"),
     Metric("pareto_trials", "pareto", "trials on the Pareto front of the trials up to this one (step = trial number)"),
     Metric(
         "best_val_mse",
         "tune",
         "per model: the best trial's (generative: the generator's), on the entry run of model=both",
     ),
-    Metric("best_mmd_ratio", "tune", "per model, generative space: the registered generator's mmd_ratio"),
+    Metric("best_mmd_summary", "tune", "per model, generative space: the registered generator's mmd_summary"),
     Metric("trials_complete", "tune", "per model: the study's complete trials"),
     Metric("wall_seconds", "tune", "per model: the study's wall time in this call"),
     Metric("test_mse", "analyse", "test_mse recomputed from the loaded model on its own test split"),
     Metric("test_kl", "analyse", "test_kl recomputed the same way"),
     Metric("fresh_mse", "analyse", "squared error on fresh points from the data generator"),
     Metric("fresh_kl", "analyse", "KL term on the same fresh points"),
-    Metric("mmd_floor", "analyse", "the MMD floor at the models' noise (per model, <model>_mmd_floor, if they differ)"),
     Metric("latent_moon_accuracy", "analyse", "5-fold k-NN accuracy of the moon read off the training latents"),
 )
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -19,23 +18,6 @@ import pytest
 from moonvae.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-FLOORS = ROOT / "tests" / "floors"  # MMD floors, as runs cache them in their data folder
-
-
-def seed_floor_cache(folder: Path) -> None:
-    """Put the default noise's MMD floor in `folder`'s data cache, where runs look for it.
-
-    The floor is a fixed function of (noise, n) that takes seconds to compute, so the
-    tests keep it in tests/floors: runs in test folders, and the processes tests start,
-    read it as they would after a first run (test_quality tests computing and caching it,
-    and that this copy is what computing gives).
-    """
-    from moonvae.core.data import DEFAULT_CACHE_DIR
-
-    cache = folder / DEFAULT_CACHE_DIR
-    cache.mkdir(parents=True, exist_ok=True)
-    for floor in FLOORS.iterdir():
-        shutil.copyfile(floor, cache / floor.name)
 
 
 def use_folder(folder: Path, patch: pytest.MonkeyPatch) -> Path:
@@ -43,7 +25,6 @@ def use_folder(folder: Path, patch: pytest.MonkeyPatch) -> Path:
 
     The one test environment: the `workdir` fixture, module-scoped stores and notebooks all use it.
     """
-    seed_floor_cache(folder)
     patch.chdir(folder)  # the default experiment keeps its artifacts in ./mlruns
     patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlflow.db'}")
     for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):

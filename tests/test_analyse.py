@@ -22,12 +22,13 @@ from moonvae.tuning import studies
 
 # the reconstruction metrics, each source's sample quality, and the registered aliases' sources
 EXPECTED_METRICS = {
-    "vae_test_mse", "vae_test_kl", "cvae_test_mse", "cvae_test_kl", "vae_fresh_mse", "cvae_fresh_mse", "mmd_floor",
-    "vae_prior_mmd_ratio", "vae_posterior_mmd_ratio", "vae_mixture_mmd_ratio", "cvae_mixture_mmd_ratio",
+    "vae_test_mse", "vae_test_kl", "cvae_test_mse", "cvae_test_kl", "vae_fresh_mse", "cvae_fresh_mse",
+    "vae_prior_mmd_summary", "vae_posterior_mmd_summary", "vae_mixture_mmd_summary", "cvae_mixture_mmd_summary",
+    "vae_posterior_mmd_summary_se", "cvae_mixture_mmd_fine_se", "cvae_posterior_c2st_se", "vae_mixture_sets",
     "vae_mixture_c2st", "cvae_posterior_c2st", "vae_posterior_copying", "cvae_mixture_spacing",
     "cvae_prior_on_moon", "cvae_posterior_on_moon", "cvae_mixture_on_moon",
     "vae_latent_moon_accuracy", "cvae_latent_moon_accuracy",
-    "vae_champion_mixture_mmd_ratio", "cvae_champion_posterior_on_moon", "cvae_generator_mixture_copying",
+    "vae_champion_mixture_mmd_summary", "cvae_champion_posterior_on_moon", "cvae_generator_mixture_copying",
 }  # fmt: skip
 
 
@@ -68,10 +69,10 @@ def test_analyse_logs_metrics_findings_and_a_report_that_renders(registered):
     assert run.info.status == "FINISHED"
     assert set(run.data.metrics) >= EXPECTED_METRICS
     metrics = run.data.metrics
-    assert metrics["cvae_posterior_mmd_ratio"] < metrics["cvae_prior_mmd_ratio"]
+    assert metrics["cvae_posterior_mmd_summary"] < metrics["cvae_prior_mmd_summary"]
     assert metrics["cvae_posterior_on_moon"] > 0.8 and metrics["cvae_mixture_on_moon"] > 0.8
     # the aliases of one version are judged once, the analysed champion reused
-    for score in ("mmd_ratio", "c2st", "copying", "on_moon"):
+    for score in ("mmd_summary", "mmd_summary_se", "c2st", "copying", "on_moon", "sets"):
         assert metrics[f"cvae_generator_mixture_{score}"] == metrics[f"cvae_champion_mixture_{score}"]
         assert metrics[f"cvae_champion_mixture_{score}"] == metrics[f"cvae_mixture_{score}"]
     # the champions' own test error, recomputed from the registered model and the rebuilt split
@@ -84,7 +85,9 @@ def test_analyse_logs_metrics_findings_and_a_report_that_renders(registered):
     assert artifacts == {"report.html", "findings.csv", "metrics.csv", "sources.csv"}
     table = pd.read_csv(client.download_artifacts(run.info.run_id, "sources.csv", str(root)))
     assert table["model"].tolist() == ["exact sampler"] + ["vae@champion"] * 3 + ["cvae@champion,generator"] * 3
-    assert table.loc[0, "mmd_ratio"] < 2 and abs(table.loc[0, "c2st"] - 0.5) < 0.03  # what ideal scores
+    exact = table.loc[0]  # what ideal scores, within three standard errors
+    assert abs(exact["mmd_summary"] - 1) < 3 * exact["mmd_summary_se"] and abs(exact["c2st"] - 0.5) < 0.03
+    assert (table["sets"] == 64).all()
     assert (table.groupby("model")["default"].count().drop("exact sampler") == 1).all()  # one default per model
     assert "studies read: moonvae-cvae-basic (cvae basic, 40 complete trials), moonvae-cvae-data" in done.stdout
     verdicts = re.findall(r"finding (\d): ([a-z ]+)", done.stdout)

@@ -5,7 +5,6 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import FLOORS
 
 from moonvae.config import SOURCES, RunConfig
 from moonvae.core import data
@@ -14,13 +13,19 @@ from moonvae.core.train import fit, one_torch_thread
 from moonvae.sampling import quality, sources
 
 
-def scores(mmd_ratio: float, copying: float = 1.0, spacing: float = 1.0, c2st: float = 0.5, **more) -> dict:
-    return {"mmd_ratio": mmd_ratio, "copying": copying, "spacing": spacing, "c2st": c2st, **more}
+def scores(summary: float, error: float = 0.01, copying=1.0, spacing=1.0, c2st=0.5, **more) -> dict:
+    return {
+        "mmd_summary": summary,
+        "mmd_summary_se": error,
+        "copying": copying,
+        "spacing": spacing,
+        "c2st": c2st,
+    } | more
 
 
-def test_the_default_is_the_sound_source_with_the_lowest_mmd_ratio():
+def test_the_default_is_the_sound_source_with_the_lowest_summary_where_the_uncertainty_tells():
     assert sources.choose({"posterior": scores(1.8), "prior": scores(20), "mixture": scores(1.1)})[0] == "mixture"
-    # the lowest MMD ratio, but its samples sit on the training points: not the default
+    # the lowest summary, but its samples sit on the training points: not the default
     default, reasons = sources.choose({"posterior": scores(0.9, copying=0.6), "mixture": scores(1.3)})
     assert default == "mixture" and reasons == {"posterior": "copying 0.6 < 0.9"}
     clumps = {"mixture": scores(0.8, spacing=0.5), "posterior": scores(1.4)}
@@ -29,8 +34,20 @@ def test_the_default_is_the_sound_source_with_the_lowest_mmd_ratio():
     assert sources.choose(told_apart)[0] == "posterior"
     wrong_moon = {"prior": scores(1.0, on_moon=0.6), "posterior": scores(1.4, on_moon=0.99)}
     assert sources.choose(wrong_moon) == ("posterior", {"prior": "on_moon 0.6 < 0.9"})
-    # nothing sound: the lowest MMD ratio all the same
+    # nothing sound: the lowest summary all the same
     assert sources.choose({"posterior": scores(3, copying=0.5), "prior": scores(2, spacing=0.1)})[0] == "prior"
+
+
+def test_between_sources_the_uncertainty_cannot_tell_apart_the_stated_preference_decides():
+    # the mixture is lower, by less than two standard errors of the difference (0.28): the posterior, preferred
+    close = {"posterior": scores(3.7, 0.2), "prior": scores(40, 1), "mixture": scores(3.5, 0.2)}
+    assert sources.choose(close)[0] == "posterior" == sources.PREFERENCE[0]
+    # the same difference, measured ten times as finely: the mixture is clearly better
+    fine = {"posterior": scores(3.7, 0.02), "prior": scores(40, 1), "mixture": scores(3.5, 0.02)}
+    assert sources.choose(fine)[0] == "mixture"
+    # the prior, last in preference, only where both others are clearly worse
+    assert sources.choose({"prior": scores(3.5, 0.2), "mixture": scores(3.7, 0.2)})[0] == "mixture"
+    assert sources.choose({"prior": scores(2.0, 0.1), "mixture": scores(3.7, 0.2)})[0] == "prior"
 
 
 @pytest.fixture(scope="module")
@@ -58,49 +75,62 @@ def judged(trained, mixture="fit", **options):
     with one_torch_thread():
         fitted = sources.fit_latent_mixture(network, moons, seed=0) if mixture == "fit" else mixture
         bank = latent_bank(network, moons.train.x, moons.train.y)
-        options = {"floor_cache": FLOORS} | options
         return sources.judge_sources(network, bank, fitted, moons.train.x, config.data.noise, **options)
 
 
-def test_every_source_is_judged_on_the_same_references_and_logged_by_name(trained):
-    judgement = judged(trained)
+@pytest.fixture(scope="module")
+def judgement(trained):
+    return judged(trained)
+
+
+def test_every_source_is_judged_on_the_same_references_and_logged_by_name(trained, judgement):
     assert list(judgement.scores) == list(SOURCES)
-    assert judgement.scores["mixture"]["on_moon"] > 0.9 and judgement.scores["prior"]["mmd_ratio"] > 2
-    assert judgement.default in ("posterior", "mixture")  # the prior is far off with eps_w = 0.1
-    assert judgement.mmd_ratio == judgement.scores[judgement.default]["mmd_ratio"]
-    assert judgement.mmd_floor == quality.mmd_floor(trained[0].data.noise, cache_dir=FLOORS).mmd
+    assert judgement.scores["mixture"]["on_moon"] > 0.9 and judgement.scores["prior"]["mmd_summary"] > 2
+    # each source judged until its summary is known to VALIDATION_ERROR, or for VALIDATION_SETS sets
+    for one in judgement.scores.values():
+        assert quality.MIN_SETS <= one["sets"] <= sources.VALIDATION_SETS
+        precise = one["mmd_summary_se"] <= sources.VALIDATION_ERROR * one["mmd_summary"]
+        assert precise or one["sets"] == sources.VALIDATION_SETS
+    # the default is sound, and no sound source has a summary lower by more than two standard errors
+    default = judgement.scores[judgement.default]
+    assert judgement.default not in judgement.reasons
+    for source, one in judgement.scores.items():
+        if source not in judgement.reasons:
+            spread = math.hypot(
+                one["mmd_summary_se"] / one["mmd_summary"], default["mmd_summary_se"] / default["mmd_summary"]
+            )
+            assert math.log(default["mmd_summary"] / one["mmd_summary"]) <= 2 * spread, source
     metrics = judgement.metrics()
-    assert set(metrics) == {f"{source}_{score}" for source in SOURCES for score in sources.SCORES}
+    expected = {f"{source}_{score}{end}" for source in SOURCES for score in quality.SCORES for end in ("", "_se")}
+    assert set(metrics) == expected | {f"{source}_{sets}" for source in SOURCES for sets in ("sets", "check_sets")}
     assert all(math.isfinite(value) for value in metrics.values())
     # one source judged alone scores what it scores among the others: the same references, the same draws
-    _, moons, network = trained
+    config, moons, network = trained
+    prior = judgement.scores["prior"]
+    options = dict(seed=sources.VALIDATION_SEED, conditional=True)
     alone = quality.judge(
-        quality.prior_sampler(network),
-        moons.train.x.numpy(),
-        trained[0].data.noise,
-        seed=sources.VALIDATION_SEED,
-        conditional=True,
-        floor_cache=FLOORS,
+        sources.prior_sampler(network), moons.train.x.numpy(), config.data.noise, sets=prior["sets"], **options
     )
-    assert alone == pytest.approx(judgement.scores["prior"], rel=1e-9)  # BLAS sums may differ in the last bit
+    assert alone == pytest.approx(prior, rel=1e-9)  # BLAS sums may differ in the last bit
     again = judged(trained).scores  # same seed, same numbers
     assert all(again[source] == pytest.approx(judgement.scores[source], rel=1e-9) for source in SOURCES)
 
 
-def test_the_note_names_the_default_with_its_figures(trained):
-    judgement = judged(trained)
+def test_the_note_names_the_default_with_its_figures_their_errors_and_sets(judgement):
     note = judgement.note()
     assert note.startswith(f"Default source: {judgement.default}")
-    for source in SOURCES:
-        assert f"- {source}: mmd_ratio {judgement.scores[source]['mmd_ratio']:.3g}" in note
+    for source, one in judgement.scores.items():
+        summary = f"mmd_summary {one['mmd_summary']:.3g} +- {one['mmd_summary_se']:.2g}"
+        sets = f"mmd: {one['sets']} sets, the others: {one['check_sets']}"
+        assert f"- {source} ({sets}): {summary}, mmd_wide {one['mmd_wide']:.3g} +-" in note
     for reason in judgement.reasons.values():
         assert f"not sound: {reason}" in note
 
 
 def test_a_model_without_a_mixture_is_judged_on_the_others(trained):
     judgement = judged(trained, mixture=None, sets=1)
-    assert list(judgement.scores) == ["posterior", "prior"] and math.isnan(judgement.scores["prior"]["mmd_ratio_std"])
-    assert "prior_mmd_ratio_std" in judgement.metrics()
+    assert list(judgement.scores) == ["posterior", "prior"] and math.isnan(judgement.scores["prior"]["mmd_summary_se"])
+    assert judgement.scores["prior"]["sets"] == 1 and "prior_mmd_summary_se" in judgement.metrics()
 
 
 def test_the_mixture_samples_the_latents_of_the_requested_moon(trained):

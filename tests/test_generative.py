@@ -4,6 +4,7 @@ A real study (Optuna RDB storage, MLflow sqlite store) of tiny CVAE trials, run 
 """
 
 import io
+import math
 
 import mlflow
 import optuna
@@ -48,7 +49,7 @@ def test_a_multi_objective_space_refuses_a_pruner_in_one_line(workdir):
 def test_every_trial_holds_both_objectives_and_its_front_membership(tuned):
     client, result, study = tuned
     assert study.directions == [optuna.study.StudyDirection.MINIMIZE] * 2
-    assert study.metric_names == ["best_val_mse", "mmd_ratio"]  # named for optuna-dashboard
+    assert study.metric_names == ["best_val_mse", "mmd_summary"]  # named for optuna-dashboard
     complete = study.get_trials(states=(TrialState.COMPLETE,))
     assert len(complete) == N_TRIALS
     front = {trial.number for trial in study.best_trials}
@@ -56,13 +57,13 @@ def test_every_trial_holds_both_objectives_and_its_front_membership(tuned):
     for trial in complete:
         run = client.get_run(trial.user_attrs["mlflow_run_id"])
         assert run.data.metrics["best_val_mse"] == pytest.approx(trial.values[0])
-        assert run.data.metrics["mmd_ratio"] == pytest.approx(trial.values[1])
+        assert run.data.metrics["mmd_summary"] == pytest.approx(trial.values[1])
         source = trial.user_attrs["source"]
         assert run.data.tags["moonvae.sampling_source"] == source
-        assert run.data.metrics["mmd_ratio"] == pytest.approx(run.data.metrics[f"{source}_mmd_ratio"])
-        assert {f"{s}_{score}" for s in SOURCES for score in ("mmd_ratio", "c2st", "copying", "on_moon")} <= set(
-            run.data.metrics
-        )
+        assert run.data.metrics["mmd_summary"] == pytest.approx(run.data.metrics[f"{source}_mmd_summary"])
+        scores = ("mmd_summary", "mmd_summary_se", "mmd_wide", "c2st", "c2st_se", "copying", "on_moon", "sets")
+        assert {f"{s}_{score}" for s in SOURCES for score in scores} <= set(run.data.metrics)
+        assert trial.user_attrs["mmd_summary_se"] == pytest.approx(run.data.metrics["mmd_summary_se"])
         assert run.data.tags["moonvae.pareto"] == str(trial.number in front).lower()
         assert len(client.get_metric_history(run.info.run_id, "val_mse")) == TINY["max_epochs"]  # never pruned
 
@@ -77,24 +78,24 @@ def test_the_study_run_holds_both_series_the_front_and_its_plot(tuned):
         return {p.step: p.value for p in client.get_metric_history(result.run_id, key)}
 
     assert series("trial_val_mse") == pytest.approx({t.number: t.values[0] for t in trials})
-    assert series("trial_mmd_ratio") == pytest.approx({t.number: t.values[1] for t in trials})
-    assert series("best_mmd_ratio") == pytest.approx(
+    assert series("trial_mmd_summary") == pytest.approx({t.number: t.values[1] for t in trials})
+    assert series("best_mmd_summary") == pytest.approx(
         {t.number: min(u.values[1] for u in trials[: t.number + 1]) for t in trials}
     )
     assert series("pareto_trials")[N_TRIALS - 1] == len(result.pareto)
     artifacts = {a.path for a in client.list_artifacts(result.run_id, "plots")}
-    assert "plots/pareto_front.png" in artifacts and "plots/optimization_history_mmd_ratio.png" in artifacts
+    assert "plots/pareto_front.png" in artifacts and "plots/optimization_history_mmd_summary.png" in artifacts
     front = pd.read_csv(io.StringIO(mlflow.artifacts.load_text(f"runs:/{result.run_id}/pareto.csv")))
     assert sorted(front["trial"]) == result.pareto and front["generator"].sum() == 1
     assert int(front.loc[front["generator"], "trial"].iloc[0]) == result.best_trial
     note = run.data.tags["mlflow.note.content"]
-    assert f"Pareto front (best_val_mse, mmd_ratio): {len(result.pareto)} trials" in note
+    assert f"Pareto front (best_val_mse, mmd_summary): {len(result.pareto)} trials" in note
     assert f"Generator: trial {result.best_trial}" in note and "moonvae-cvae@generator" in note
 
 
 def test_the_generator_is_registered_by_the_rule_and_samples_from_its_source(tuned):
     client, result, study = tuned
-    front = [(t.number, *t.values) for t in study.best_trials]
+    front = [(t.number, *t.values, t.user_attrs["mmd_summary_se"]) for t in study.best_trials]
     assert result.best_trial == results.generator_trial(front)
     name, version, alias = result.registered
     assert (name, alias) == ("moonvae-cvae", "generator")
@@ -109,8 +110,9 @@ def test_the_generator_is_registered_by_the_rule_and_samples_from_its_source(tun
     source = model.metadata.metadata["source"]
     assert source == generator.user_attrs["source"]
     run = client.get_run(model.metadata.run_id)
-    assert run.data.metrics["mmd_ratio"] == pytest.approx(generator.values[1])
-    assert run.data.metrics["mmd_ratio"] == pytest.approx(model.metadata.metadata["sources"][source]["mmd_ratio"], 1e-3)
+    assert run.data.metrics["mmd_summary"] == pytest.approx(generator.values[1])
+    logged = model.metadata.metadata["sources"][source]
+    assert run.data.metrics["mmd_summary"] == pytest.approx(logged["mmd_summary"], 1e-3)
     request = pd.DataFrame({"label": [0, 1, 1, 0]})
     pd.testing.assert_frame_equal(
         model.predict(request, params={"seed": 3}), model.predict(request, params={"seed": 3, "source": source})
@@ -121,13 +123,22 @@ def test_the_generator_is_registered_by_the_rule_and_samples_from_its_source(tun
 
 
 def test_the_generator_rule_trades_no_more_than_the_stated_reconstruction():
-    front = [(0, 0.001, 9.0), (1, 0.0019, 2.0), (2, 0.0025, 1.1), (3, 0.01, 1.0)]
+    front = [(0, 0.001, 9.0, 0.1), (1, 0.0019, 2.0, 0.05), (2, 0.0025, 1.1, 0.05), (3, 0.01, 1.0, 0.05)]
     assert results.generator_trial(front) == 1  # 2 and 3 sample better but reconstruct > 2x worse than 0
-    assert results.generator_trial([(4, 0.002, 3.0)]) == 4
+    assert results.generator_trial([(4, 0.002, 3.0, 0.1)]) == 4
     # near-perfect reconstructions: the bound is the stated tolerance, not 2x a best of 2e-7
-    tiny = [(5, 2e-7, 2.3), (6, 3e-7, 2.1), (7, 6e-6, 0.7), (8, 2.5e-4, 0.5)]
+    tiny = [(5, 2e-7, 2.3, 0.05), (6, 3e-7, 2.1, 0.05), (7, 6e-6, 0.7, 0.02), (8, 2.5e-4, 0.5, 0.02)]
     assert results.generator_trial(tiny) == 7  # 8 samples better but reconstructs worse than 1e-4
     assert results.generator_trial([]) is None
+
+
+def test_between_summaries_the_uncertainty_cannot_tell_apart_the_better_reconstruction_decides():
+    # trial 1 samples a little better than 0, by less than two standard errors of the difference (0.28)
+    assert results.generator_trial([(0, 0.0010, 3.7, 0.2), (1, 0.0015, 3.5, 0.2)]) == 0
+    # the same difference, measured ten times as finely: trial 1 samples clearly better
+    assert results.generator_trial([(0, 0.0010, 3.7, 0.02), (1, 0.0015, 3.5, 0.02)]) == 1
+    # errors unknown (trials of an older study): the summaries alone decide
+    assert results.generator_trial([(0, 0.0010, 3.7, math.nan), (1, 0.0015, 3.5, math.nan)]) == 1
     assert names.alias_for("generative") == "generator" and names.alias_for("basic") == "champion"
 
 
@@ -136,11 +147,11 @@ def test_convergence_of_two_objectives_is_the_best_of_each_and_the_front_so_far(
     x = FloatDistribution(0, 1)
     for values in ([0.3, 2.0], [0.2, 3.0], [0.4, 4.0], [0.1, 1.0]):
         study.add_trial(create_trial(params={"x": 0.5}, distributions={"x": x}, values=values))
-    series = results.convergence(study, set(), ("best_val_mse", "mmd_ratio"))
+    series = results.convergence(study, set(), ("best_val_mse", "mmd_summary"))
     assert series == {
-        0: {"best_val_mse": 0.3, "best_mmd_ratio": 2.0, "pareto_trials": 1},
-        1: {"best_val_mse": 0.2, "best_mmd_ratio": 2.0, "pareto_trials": 2},
-        2: {"best_val_mse": 0.2, "best_mmd_ratio": 2.0, "pareto_trials": 2},  # 2 is beaten by 0 in both
-        3: {"best_val_mse": 0.1, "best_mmd_ratio": 1.0, "pareto_trials": 1},  # 3 beats them all
+        0: {"best_val_mse": 0.3, "best_mmd_summary": 2.0, "pareto_trials": 1},
+        1: {"best_val_mse": 0.2, "best_mmd_summary": 2.0, "pareto_trials": 2},
+        2: {"best_val_mse": 0.2, "best_mmd_summary": 2.0, "pareto_trials": 2},  # 2 is beaten by 0 in both
+        3: {"best_val_mse": 0.1, "best_mmd_summary": 1.0, "pareto_trials": 1},  # 3 beats them all
     }
-    assert results.convergence(study, {0, 1, 2}, ("best_val_mse", "mmd_ratio")) == {3: series[3]}
+    assert results.convergence(study, {0, 1, 2}, ("best_val_mse", "mmd_summary")) == {3: series[3]}

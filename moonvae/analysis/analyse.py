@@ -102,12 +102,12 @@ def load_subjects(references: Mapping[str, str], cache_dir: Path = moons.DEFAULT
 @dataclass
 class Measured:
     """What `analyse_models` found: metrics prefixed by model kind, figures, the per-fold latent moon
-    accuracies (finding 9's interval) and each model's sources, judged (to compare with the registered ones)."""
+    accuracies (finding 9's interval) and each model's sources, surveyed (to compare with the registered ones)."""
 
     metrics: dict[str, float]
     figures: list[report.Figure]
     latent_accuracy: dict[str, np.ndarray]
-    judged: list[aliases.Judged]
+    surveyed: list[aliases.Survey]
 
 
 def analyse_models(
@@ -122,14 +122,14 @@ def analyse_models(
     drawn: list[report.Figure] = []
     latents: dict[str, dict] = {}
     latent_accuracy: dict[str, np.ndarray] = {}
-    judged = []
+    surveyed = []
     for subject in subjects:
         own, samples = reconstruction.evaluate_model(
             subject.network, subject.bank, subject.data, subject.config.data, n_eval, seed
         )
         latent_accuracy[subject.kind] = reconstruction.latent_moon_folds(subject.bank, seed)
         own["latent_moon_accuracy"] = float(latent_accuracy[subject.kind].mean())
-        sampled = aliases.judge(
+        sampled = aliases.survey(
             subject.kind,
             subject.reference,
             subject.network,
@@ -140,20 +140,14 @@ def analyse_models(
             subject.data.train.x,
             subject.run_id,
             seed=seed,
-            cache_dir=cache_dir,
         )
-        judged.append(sampled)
-        own |= sampled.judgement.metrics() | {"mmd_floor": sampled.judgement.mmd_floor}
+        surveyed.append(sampled)
+        own |= sampled.judgement.metrics()
         values |= {f"{subject.kind}_{key}": value for key, value in own.items()}
         model_figures, latents[subject.kind] = figures.model_figures(
             subject.kind, subject.network, subject.bank, subject.data.train, samples, seed
         )
         drawn += model_figures
-    floors = {s.kind: values.pop(f"{s.kind}_mmd_floor") for s in subjects}
-    if len(set(floors.values())) == 1:  # all models share one noise level: one floor for all
-        values["mmd_floor"] = next(iter(floors.values()))
-    else:
-        values |= {f"{kind}_mmd_floor": floor for kind, floor in floors.items()}
     drawn += figures.latent_figures(latents)
     histories = {
         f"{s.kind} ({s.run_id[:8]})": runs.metric_histories(mlflow_client, s.run_id, CURVE_METRICS)
@@ -162,7 +156,7 @@ def analyse_models(
     }
     if any(histories.values()):
         drawn.append(figures.training_curves_figure(histories))
-    return Measured(values, drawn, latent_accuracy, judged)
+    return Measured(values, drawn, latent_accuracy, surveyed)
 
 
 def compare_sources(
@@ -174,15 +168,16 @@ def compare_sources(
 ) -> tuple[dict[str, float], pd.DataFrame, list[report.Figure]]:
     """Every registered alias of the analysed kinds (and any analysed model that is none), source by source.
 
-    Returns the alias metrics (`vae_generator_mixture_mmd_ratio`, ...), the table (an exact
+    Returns the alias metrics (`vae_generator_mixture_mmd_summary`, ...), the table (an exact
     sampler first) and the figures.
     """
-    own = {judged.run_id: judged for judged in measured.judged if judged.run_id}
-    entries = aliases.registered(mlflow_client, [s.kind for s in subjects], seed=seed, cache_dir=cache_dir, judged=own)
+    own = {entry.run_id: entry for entry in measured.surveyed if entry.run_id}
+    kinds = [s.kind for s in subjects]
+    entries = aliases.registered(mlflow_client, kinds, seed=seed, cache_dir=cache_dir, surveyed=own)
     found = {entry.run_id for entry in entries}
-    entries += [judged for judged in measured.judged if judged.run_id not in found]
+    entries += [entry for entry in measured.surveyed if entry.run_id not in found]
     trains = {subject.config.data.noise: subject.data.train.x.numpy() for subject in subjects}
-    exact = {noise: aliases.exact_scores(noise, train_x, seed, cache_dir) for noise, train_x in trains.items()}
+    exact = {noise: aliases.exact_scores(noise, train_x, seed) for noise, train_x in trains.items()}
     return aliases.alias_metrics(entries), aliases.table(entries, exact), aliases.report_figures(entries)
 
 
@@ -258,16 +253,19 @@ def metrics_by_model(values: Mapping[str, float]) -> pd.DataFrame:
 
 INTRO = (
     "Reconstruction metrics are computed on each model's own test split and on fresh draws from the data generator "
-    "(seeds training never used). Sample quality is judged against exact draws of the distribution make_moons "
-    "discretises, with the full protocol (16 sets of 2000 points), for each source a model samples from: 'prior' "
-    "decodes z ~ N(0, I), 'posterior' the aggregate posterior of the training points, 'mixture' a Gaussian mixture "
-    "fitted to the training latents. mmd_ratio: squared MMD (RBF kernel, bandwidth the median distance between "
-    "real points) over what an exact sampler scores, ~1 at best. c2st: held-out accuracy of a k-NN classifier "
-    "telling samples from exact draws (0.5 = indistinguishable). copying: median distance from a sample to its "
-    "nearest training point over the same for fresh points (< 1: copies). spacing: median distance between "
-    "nearest samples over exact draws' (< 1: clumps). on_moon (CVAE): share of samples the Bayes classifier puts "
-    "on the requested moon (an exact sampler: its accuracy, 0.991 at noise 0.15). The default source is the one "
-    "each model chose when it was logged, on other references."
+    f"(seeds training never used). Sample quality is judged against the distribution make_moons discretises, with "
+    f"the full protocol ({quality.FULL_SETS} sets of {quality.N_POINTS} points, the first {quality.FULL_CHECK_SETS} "
+    "for c2st, copying, spacing and on_moon; every score is the mean over its sets, with its standard error, _se), "
+    "for each source a model samples from: 'prior' decodes z ~ N(0, I), "
+    "'posterior' the aggregate posterior of the training points, 'mixture' a Gaussian mixture fitted to the "
+    "training latents. mmd_wide, mmd_mid, mmd_fine: a set's squared MMD to the distribution itself (in closed "
+    "form, RBF kernels of width the median distance between real points, 2 x noise and noise / 2) over what an "
+    "exact sampler scores in expectation, 1 at best; mmd_summary: their geometric mean, what decisions compare. "
+    "c2st: held-out accuracy of a k-NN classifier telling samples from exact draws (0.5 = indistinguishable). "
+    "copying: median distance from a sample to its nearest training point over the same for exact draws (< 1: "
+    "copies). spacing: median distance between nearest samples over exact draws' (< 1: clumps). on_moon (CVAE): "
+    "share of samples the Bayes classifier puts on the requested moon (an exact sampler: its accuracy, 0.991 at "
+    "noise 0.15). The default source is the one each model chose when it was logged, on other samples."
 )
 
 
@@ -307,8 +305,9 @@ def analyse(
             "Sampling sources of the registered models",
             sources_table,
             f"Each alias of {', '.join(f'moonvae-{s.kind}' for s in subjects)}, each source it holds, judged with "
-            f"the full protocol ({quality.FULL_SETS} sets; +- is the standard error of mmd_ratio); an exact sampler "
-            "first. Logged as <model>_<alias>_<source>_<score>.",
+            f"the full protocol (sets of {quality.N_POINTS} points behind the mmd scores, check_sets behind the "
+            "others; _se: the standard error of the score before it); an exact sampler first. Logged as "
+            "<model>_<alias>_<source>_<score>.",
         ),
         report.Table(
             "The study's findings, checked",

@@ -111,12 +111,16 @@ def model_figures(
     return figures, {"embedding": reducer.embedding_, "labels": train.y.numpy(), "paths": umap_paths}
 
 
-def sources_figure(ratios: Mapping[str, Mapping[str, float]]) -> report.Figure:
-    """MMD ratio of each model (alias) and source: {source: {model: ratio}}, with an exact sampler's for scale."""
+def sources_figure(
+    summaries: Mapping[str, Mapping[str, float]], errors: Mapping[str, Mapping[str, float]]
+) -> report.Figure:
+    """MMD summary of each model (alias) and source, {source: {model: summary}}, and its standard errors (alike)."""
+    title = "Squared MMD to the distribution over an exact sampler's, geometric mean of three widths (log scale)"
     return report.Figure(
-        "Sample quality by source: MMD ratio",
-        plots.grouped_bars(ratios, "Squared MMD to exact draws over an exact sampler's (log scale)", "MMD ratio", True),
-        "1 is what an exact sampler scores (the floor); each bar is the mean over the full protocol's sets.",
+        "Sample quality by source: MMD summary",
+        plots.grouped_bars(summaries, title, "MMD summary", True, errors),
+        "1 is what an exact sampler scores; each bar is the geometric mean of the three widths' ratios, each a mean "
+        "over the full protocol's sets, and its whisker two standard errors either side.",
     )
 
 

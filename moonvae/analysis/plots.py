@@ -140,10 +140,25 @@ def training_curves(histories: Mapping[str, Mapping[str, tuple[np.ndarray, np.nd
     return figure
 
 
-def grouped_bars(groups: Mapping[str, Mapping[str, float]], title: str, y_title: str, log_y: bool = False) -> go.Figure:
-    """One bar per (category, group): e.g. parameter importances per study; `log_y` for values spanning decades."""
+def grouped_bars(
+    groups: Mapping[str, Mapping[str, float]],
+    title: str,
+    y_title: str,
+    log_y: bool = False,
+    errors: Mapping[str, Mapping[str, float]] | None = None,
+) -> go.Figure:
+    """One bar per (category, group): e.g. parameter importances per study; `log_y` for values spanning decades;
+    `errors` (shaped as `groups`): standard errors, drawn two either side."""
     figure = go.Figure(
-        [go.Bar(x=list(values), y=list(values.values()), name=group) for group, values in groups.items()]
+        [
+            go.Bar(
+                x=list(values),
+                y=list(values.values()),
+                name=group,
+                error_y=dict(type="data", array=[2 * errors[group][x] for x in values]) if errors else None,
+            )
+            for group, values in groups.items()
+        ]
     )
     figure.update_layout(title=title, barmode="group", yaxis_title=y_title, height=420, width=800, template=TEMPLATE)
     if log_y:

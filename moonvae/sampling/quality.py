@@ -1,142 +1,69 @@
-"""How good is a sampler? Its samples judged against the exact two-moons distribution.
+"""How good is a sampler? Its samples judged against the two-moons distribution itself, with their uncertainty.
 
-make_moons puts its points on a fixed, evenly spaced grid of angles with exactly half
-the points on each moon, so two make_moons sets resemble each other far more than two
-independent samples of the distribution do (MMD 7x lower at 2000 points): no sampler
-can reach that. Every reference here is instead an independent draw of the continuous
-distribution make_moons discretises (`exact_moons`), and a score is a ratio to what an
-exact sampler gets:
-- MMD: the biased (V-statistic) squared MMD with an RBF kernel exp(-|a-b|^2 / (2 s^2)),
-  s the median pairwise distance of real points, fixed once per noise level. The floor
-  is the mean MMD of pairs of independent exact sets; it depends only on (noise, n)
-  and is cached. `mmd_ratio` is a sampler's mean MMD over `sets` sample sets (each
-  against its own fresh reference) divided by the floor: about 1 for an exact sampler.
-- C2ST: held-out accuracy of a k-NN classifier telling real from generated (0.5: alike).
-- Copying: median distance from a sample to its nearest training point, over the same
-  for fresh real points. About 1: new points; below 1: copies of the training data (or
-  a distribution narrower than the data's, which also sits closer to training points).
-- Spacing: median distance from a sample to its nearest other sample, over the same in
-  exact sets of n points. About 1: as spread as the data; below 1: clumps or filaments,
-  which the MMD's wide kernel and C2ST's k = sqrt(n) neighbours smooth over (a diagonal
-  latent mixture in 128 dimensions decoded to clumps 5x too tight and still scored an
-  MMD ratio of 1.2 and a C2ST of 0.48); above 1: too dispersed.
+- MMD: a set's squared MMD to the distribution in closed form (`distribution`), over
+  what an exact sampler scores in expectation, at three kernel widths: `mmd_wide`,
+  `mmd_mid`, `mmd_fine` (about 1 for an exact sampler). `mmd_summary`, their geometric
+  mean, is what decisions compare (`clearly_worse`).
+- C2ST: held-out accuracy of a k-NN classifier telling a set from exact draws (0.5: alike).
+- Copying: median distance from a sample to its nearest training point, over the same for
+  exact draws. About 1: new points; below 1: copies of the training data (or a
+  distribution narrower than the data's, which also sits closer to training points).
+- Spacing: median distance from a sample to its nearest other sample, over the same in a
+  set of exact draws. Below 1: clumps or filaments; above 1: too dispersed.
 - On moon (conditional samplers): the share of samples drawn for moon k that the
-  Bayes-optimal moon classifier puts on moon k, averaged over the moons. With the
-  distribution known exactly that classifier needs no training data and no seed, and
-  no classifier does better: an exact sampler scores the Bayes accuracy (0.991 at
-  noise 0.15).
+  Bayes-optimal moon classifier puts on moon k, averaged over the moons (an exact
+  sampler scores the Bayes accuracy, 0.991 at noise 0.15).
+Every score is a mean over sets of N_POINTS samples, with its standard error over the
+sets (`_se`): the MMD over every set, the others over the first few (`judge`).
 
 Pure: torch and numpy arrays in, floats out; no MLflow.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
-import threading
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from functools import cache
-from pathlib import Path
 
 import numpy as np
 import torch
 from scipy.spatial import cKDTree
-from sklearn.model_selection import train_test_split
 from sklearn.neighbors import KNeighborsClassifier
 
-from moonvae.core.models import VAE, LatentBank
-from moonvae.sampling.density import sample_mixture
+from moonvae.sampling.distribution import SCALES, exact_moons, mmd_ratios, moon_log_likelihood, rng
 
-N_POINTS = 2000  # points per set, as evaluate.N_EVAL
-FLOOR_PAIRS = 256  # pairs of exact sets averaged into the floor: its standard error 5% (32 pairs: 15%)
-BANDWIDTH_POINTS = 2000  # exact points whose median pairwise distance is the kernel bandwidth
-FULL_SETS = 16  # sample sets of the full protocol (an exact sampler: 0.7-1.2x the floor, 10th-90th percentile)
-TRIAL_SETS = 2  # sample sets per training trial: ~0.1 s (bench/quality_speed.py), and a spread
-KERNEL_ROWS = 256  # rows of a kernel block: 2 MB of float32 at n = 2000, kept in cache
-# angles per moon in the Bayes classifier's integral: 4x faster than 512 (whose 2000 x 512 blocks overflow the
-# cache), and agreeing with it on all but 0.01-0.04% of points at noise 0-0.3
-MOON_GRID = 256
-MIN_NOISE = 0.01  # noise the classifier assumes at noise 0: the nearest-moon rule, smoothly
-PROTOCOL = 3  # bump when the floor's definition changes: cached floors of other versions are recomputed
+N_POINTS = 2000  # points per set: the ratios grow with n (n * MMD^2 / (1 - E_PP k)), so every figure uses 2000
+FULL_SETS = 64  # sets of analyse's judgement: an exact sampler's summary to ~4%, a default model's to ~3%
+CHECK_SETS, FULL_CHECK_SETS = 4, 16  # sets of C2ST, copying, spacing and on-moon: a run's, and analyse's
+SCORES = ("mmd_wide", "mmd_mid", "mmd_fine", "mmd_summary", "c2st", "copying", "spacing", "on_moon")
+SIGNIFICANCE = 2.0  # standard errors of a difference that make it one (two-sided, about 95%)
+MIN_SETS = 4  # sets before a judgement may stop at its target error: fewer estimate the error too roughly
 
-# independent random streams, so no two draws of the protocol ever share a seed
-FLOOR_STREAM, BANDWIDTH_STREAM, REFERENCE_STREAM, SAMPLE_STREAM = range(4)
+# independent random streams, so no two draws of the protocol ever share a seed (distribution's is 0)
+REFERENCE_STREAM, SAMPLE_STREAM = 1, 2
 
-# sample(n, generator, labels) -> n x 2 points; labels (n moon labels) only for conditional samplers
+# sample(n, rng, labels) -> n x 2 points; labels (n moon labels) only for conditional samplers
 Sampler = Callable[[int, torch.Generator, torch.Tensor | None], np.ndarray]
 
 
-def generator(*key: int) -> torch.Generator:
-    """A torch generator seeded from a tuple of ints: distinct tuples give unrelated streams."""
-    return torch.Generator().manual_seed(int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0]))
-
-
-def exact_moons(
-    n: int, noise: float, generator: torch.Generator, labels: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """n independent points of the distribution make_moons discretises, and their moon labels.
-
-    moon ~ Bernoulli(1/2) (or the given labels), angle t ~ U(0, pi); moon 0 is
-    (cos t, sin t), moon 1 is (1 - cos t, 0.5 - sin t); Gaussian noise of std `noise`
-    on both coordinates.
-    """
-    if labels is None:
-        labels = torch.randint(2, (n,), generator=generator)
-    t = torch.rand(n, generator=generator, dtype=torch.float64) * math.pi
-    lower = labels.to(torch.bool)
-    x = torch.where(lower, 1 - torch.cos(t), torch.cos(t))
-    y = torch.where(lower, 0.5 - torch.sin(t), torch.sin(t))
-    noisy = torch.stack([x, y], dim=1) + noise * torch.randn((n, 2), generator=generator, dtype=torch.float64)
-    return noisy.float(), labels
-
-
 def exact_sampler(noise: float) -> Sampler:
-    """A perfect sampler, for the sanity figures: its scores are what `judge` calls ideal."""
+    """A perfect sampler: its scores are what ideal looks like (1, 0.5, 1, 1 and the Bayes on-moon accuracy)."""
 
-    def sample(n: int, generator: torch.Generator, labels: torch.Tensor | None = None) -> np.ndarray:
-        return exact_moons(n, noise, generator, labels)[0].numpy()
+    def sample(n: int, rng: torch.Generator, labels: torch.Tensor | None = None) -> np.ndarray:
+        return exact_moons(n, noise, rng, labels)[0].numpy()
 
     return sample
 
 
-def kernel_mean(a: torch.Tensor, b: torch.Tensor, bandwidth: float) -> float:
-    """Mean RBF kernel over all pairs (a_i, b_j).
-
-    Squared distances come from matrix products in float32 (|a|^2 + |b|^2 - 2ab), in
-    blocks of rows that stay in cache: 3-6x faster than float64 cdist, and summed in
-    float64 the MMD stays within 1e-6 (relative) of float64's (bench/quality_speed.py).
-    """
-    scale, b_norms, total = -0.5 / bandwidth**2, (b * b).sum(1), 0.0
-    for rows in a.split(KERNEL_ROWS):
-        squared = torch.addmm(b_norms.expand(len(rows), -1), rows, b.T, alpha=-2).add_(
-            (rows * rows).sum(1, keepdim=True)
-        )
-        total += float(squared.clamp_min_(0).mul_(scale).exp_().sum(dtype=torch.float64))
-    return total / (len(a) * len(b))
+def nearest_distance(x: torch.Tensor, tree: cKDTree) -> np.ndarray:
+    """Distance from each row of x to its nearest point of the tree (exact, float64)."""
+    return tree.query(x.double().numpy())[0]
 
 
-def mmd(x: torch.Tensor, y: torch.Tensor, bandwidth: float) -> float:
-    """Biased squared MMD with an RBF kernel (float32 points; >= 0)."""
-    return max(kernel_mean(x, x, bandwidth) + kernel_mean(y, y, bandwidth) - 2 * kernel_mean(x, y, bandwidth), 0.0)
-
-
-def nearest_distance(x: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """Distance from each row of x to its nearest row of `points`.
-
-    A k-d tree in float64: exact, and 4x faster on 2000 points than float32 cdist, whose
-    matrix-product distances err by up to 1% at the spacing of 2000 moons points.
-    """
-    return torch.from_numpy(cKDTree(points.double().numpy()).query(x.double().numpy())[0])
-
-
-def nearest_other(x: torch.Tensor) -> torch.Tensor:
+def nearest_other(x: torch.Tensor) -> np.ndarray:
     """Distance from each row of x to its nearest other row (its second neighbour: the first is itself)."""
     points = x.double().numpy()
-    return torch.from_numpy(cKDTree(points).query(points, k=2)[0][:, 1])
+    return cKDTree(points).query(points, k=2)[0][:, 1]
 
 
 def knn(n_train: int) -> KNeighborsClassifier:
@@ -147,87 +74,20 @@ def knn(n_train: int) -> KNeighborsClassifier:
 def c2st_accuracy(real: np.ndarray, generated: np.ndarray, seed: int = 0) -> float:
     """Held-out accuracy of a k-NN classifier telling real from generated points (0.5 = indistinguishable).
 
-    The neighbours come from a k-d tree and vote, a tie going to 'real': what `knn(n)`
-    predicts, in two thirds of its time (every run judges 6 sets of 2000 points).
+    Half of each kind, drawn at random, is held out; the other half votes, by its k
+    nearest points (a k-d tree; a tie goes to 'real'): what `knn(n)` predicts, in a third
+    of its time.
     """
-    x = np.concatenate([real, generated])
-    origin = np.concatenate([np.zeros(len(real)), np.ones(len(generated))])
-    x_fit, x_held, o_fit, o_held = train_test_split(x, origin, test_size=0.5, stratify=origin, random_state=seed)
-    k = knn(len(x_fit)).n_neighbors
-    neighbours = cKDTree(x_fit).query(x_held, k=k)[1].reshape(len(x_held), k)
-    predicted = o_fit[neighbours].sum(axis=1) > k / 2
-    return float(np.mean(predicted == o_held))
-
-
-@dataclass(frozen=True)
-class Floor:
-    """What an exact sampler scores at (noise, n): the MMD every ratio divides by."""
-
-    noise: float
-    n: int
-    bandwidth: float  # the kernel's s, the median pairwise distance of exact points
-    mmd: float  # mean MMD over FLOOR_PAIRS pairs of independent exact sets
-    mmd_std: float  # their spread (sample std)
-    spacing: float  # median distance from a point to its nearest other point in a set, mean over the sets
-    pairs: int = FLOOR_PAIRS
-    protocol: int = PROTOCOL
-
-
-_computing = threading.Lock()  # one thread computes a floor while the others wait for it
-
-
-@cache
-def compute_floor(noise: float, n: int) -> Floor:
-    """The floor from scratch (4-8 s at n = 2000, 0.4 s at n = 500); remembered for the process."""
-    real = exact_moons(BANDWIDTH_POINTS, noise, generator(BANDWIDTH_STREAM))[0]
-    bandwidth = float(torch.pdist(real.double()).median())
-    values, spacings = [], []
-    for pair in range(FLOOR_PAIRS):
-        first, second = (exact_moons(n, noise, generator(FLOOR_STREAM, pair, side))[0] for side in (0, 1))
-        values.append(mmd(first, second, bandwidth))
-        spacings.append(float(nearest_other(first).median()))
-    return Floor(noise, n, bandwidth, float(np.mean(values)), float(np.std(values, ddof=1)), float(np.mean(spacings)))
-
-
-def floor_path(cache_dir: Path, noise: float, n: int) -> Path:
-    return Path(cache_dir) / f"mmd_floor_{noise}_{n}.json"
-
-
-def mmd_floor(noise: float, n: int = N_POINTS, cache_dir: Path | None = None) -> Floor:
-    """The floor at (noise, n), read from `cache_dir` when there, else computed and written there.
-
-    Written to a temporary file and renamed into place, so parallel trials never read
-    a half-written floor; a floor of another protocol version is recomputed. Trial
-    threads that need a floor at once wait for one of them to compute it.
-    """
-    if cache_dir is None:
-        with _computing:
-            return compute_floor(noise, n)
-    path = floor_path(cache_dir, noise, n)
-    if path.exists():
-        stored = json.loads(path.read_text())
-        if stored.get("protocol") == PROTOCOL and stored.get("pairs") == FLOOR_PAIRS:
-            return Floor(**stored)
-    with _computing:
-        floor = compute_floor(noise, n)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as file:
-            json.dump(asdict(floor), file)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return floor
-
-
-def moon_log_likelihood(x: torch.Tensor, noise: float) -> torch.Tensor:
-    """log p(x | moon k) up to a shared constant (n x 2): the noise density integrated over each moon's angle."""
-    t = torch.linspace(0, math.pi, MOON_GRID)
-    curves = [torch.stack([torch.cos(t), torch.sin(t)], 1), torch.stack([1 - torch.cos(t), 0.5 - torch.sin(t)], 1)]
-    scale = max(noise, MIN_NOISE)
-    return torch.stack([torch.logsumexp(-torch.cdist(x, c).pow(2) / (2 * scale**2), dim=1) for c in curves], dim=1)
+    shuffle = np.random.default_rng(seed).permutation
+    x, origin, held = np.concatenate([real, generated]), np.repeat([0, 1], [len(real), len(generated)]), []
+    for start, size in ((0, len(real)), (len(real), len(generated))):
+        held.append(start + shuffle(size)[: size // 2])
+    is_held = np.zeros(len(x), dtype=bool)
+    is_held[np.concatenate(held)] = True
+    k = knn(int((~is_held).sum())).n_neighbors
+    neighbours = cKDTree(x[~is_held]).query(x[is_held], k=k)[1].reshape(-1, k)
+    predicted = origin[~is_held][neighbours].sum(axis=1) > k / 2
+    return float(np.mean(predicted == origin[is_held]))
 
 
 def on_moon_share(x: torch.Tensor, labels: torch.Tensor, noise: float) -> float:
@@ -241,26 +101,28 @@ def judge(
     train_x: np.ndarray,
     noise: float,
     *,
-    sets: int = TRIAL_SETS,
+    sets: int,
+    check_sets: int = CHECK_SETS,
     n: int = N_POINTS,
     seed: int = 0,
     conditional: bool = False,
-    floor_cache: Path | None = None,
+    target_error: float | None = None,
 ) -> dict[str, float]:
-    """A sampler's scores, unprefixed: mmd, mmd_floor, mmd_ratio, mmd_ratio_std, c2st, copying, spacing (+ on_moon).
+    """A sampler's scores, unprefixed: each of SCORES (on_moon only when conditional), its standard error (`_se`),
+    and the sets behind them (`sets` for the MMD, `check_sets` for the others).
 
-    Each of `sets` rounds draws a fresh exact reference of n points and n samples; a
-    conditional sampler is asked for labels drawn as the reference's are, Bernoulli(1/2)
-    but independently (the reference's own labels would give both sets the same moon
-    counts, and an exact sampler 0.8x the floor). mmd and c2st are means
-    over the rounds, mmd_ratio_std the spread of the rounds' ratios (NaN for one
-    round: the standard error of mmd_ratio is mmd_ratio_std / sqrt(sets)); copying
-    and spacing pool the rounds' distances. `train_x` holds the training points,
-    `noise` the data's noise. Same arguments, same numbers: samplers of one model
-    judged with one seed meet the same references.
+    Each set asks the sampler for n points: the MMD compares them with the distribution
+    itself, and on the first `check_sets` sets n exact draws are the reference of C2ST,
+    copying and spacing (their standard errors are small by then: 0.006 for C2ST at 4
+    sets, against 0.05 of margin to its threshold). A conditional sampler is asked for
+    labels drawn as the data's are, Bernoulli(1/2), independently of the reference's.
+    `train_x` holds the training points, `noise` the data's noise. `sets` sets, or with
+    `target_error` (a relative standard error of the MMD summary) as many as reach it,
+    at least MIN_SETS and at most `sets`. Standard errors are NaN for one set. Same
+    arguments, same numbers: samplers judged with one seed meet the same references.
     """
-    options = dict(sets=sets, n=n, seed=seed, conditional=conditional, floor_cache=floor_cache)
-    return judge_all({"": sample}, train_x, noise, **options)[""]
+    options = dict(sets=sets, check_sets=check_sets, n=n, seed=seed, conditional=conditional)
+    return judge_all({"": sample}, train_x, noise, target_error=target_error, **options)[""]
 
 
 def judge_all(
@@ -268,80 +130,94 @@ def judge_all(
     train_x: np.ndarray,
     noise: float,
     *,
-    sets: int = TRIAL_SETS,
+    sets: int,
+    check_sets: int = CHECK_SETS,
     n: int = N_POINTS,
     seed: int = 0,
     conditional: bool = False,
-    floor_cache: Path | None = None,
+    target_error: float | None = None,
 ) -> dict[str, dict[str, float]]:
-    """`judge` of several samplers at once, by name: the same numbers, with each reference's own terms computed once.
+    """`judge` of several samplers at once, by name: the same numbers, each reference's own terms computed once.
 
     Every sampler meets the same references and is asked for the same labels (a fresh
-    sample stream per sampler), so their scores compare pairwise; the reference's
-    kernel mean and distances to the training points, a fifth of a round's work,
-    are shared.
+    sample stream per sampler), so their scores compare pairwise; one that reaches
+    `target_error` is judged no further while the others go on.
     """
-    floor = mmd_floor(noise, n, floor_cache)
-    references = generator(REFERENCE_STREAM, seed)
-    draws = {name: generator(SAMPLE_STREAM, seed) for name in samplers}
-    train = torch.as_tensor(np.asarray(train_x), dtype=torch.float32)
+    references = rng(REFERENCE_STREAM, seed)
+    draws = {name: rng(SAMPLE_STREAM, seed) for name in samplers}
+    train = cKDTree(np.asarray(train_x, dtype=np.float64))
     found: dict[str, dict[str, list]] = {name: defaultdict(list) for name in samplers}
-    real_gaps = []
+    active = dict(samplers)
     for round_ in range(sets):
-        real = exact_moons(n, noise, references)[0]
-        real_kernel = kernel_mean(real, real, floor.bandwidth)
-        real_gaps.append(nearest_distance(real, train))
-        for name, sample in samplers.items():
+        if round_ < check_sets:
+            real = exact_moons(n, noise, references)[0]
+            real_gap, real_spacing = np.median(nearest_distance(real, train)), np.median(nearest_other(real))
+        for name, sample in active.items():
             labels = torch.randint(2, (n,), generator=draws[name]) if conditional else None
             fake = torch.as_tensor(np.asarray(sample(n, draws[name], labels)), dtype=torch.float32)
             if fake.shape != (n, 2) or not torch.isfinite(fake).all():
                 raise ValueError(f"the sampler must return {n} finite 2-D points, got shape {tuple(fake.shape)}")
-            mmd_value = (
-                real_kernel + kernel_mean(fake, fake, floor.bandwidth) - 2 * kernel_mean(real, fake, floor.bandwidth)
-            )
             scores = found[name]
-            scores["mmd"].append(max(mmd_value, 0.0))
-            scores["c2st"].append(c2st_accuracy(real.numpy(), fake.numpy(), seed + round_))
-            scores["sample_gaps"].append(nearest_distance(fake, train))
-            scores["spacings"].append(nearest_other(fake))
-            if conditional:
-                scores["on_moon"].append(on_moon_share(fake, labels, noise))
-    real_median = torch.cat(real_gaps).median()
-    return {name: summarise(scores, floor, real_median, sets) for name, scores in found.items()}
+            scores["mmd"].append(mmd_ratios(fake, noise))
+            if round_ < check_sets:
+                scores["c2st"].append(c2st_accuracy(real.numpy(), fake.numpy(), seed + round_))
+                scores["copying"].append(np.median(nearest_distance(fake, train)) / real_gap)
+                scores["spacing"].append(np.median(nearest_other(fake)) / real_spacing)
+                if conditional:
+                    scores["on_moon"].append(on_moon_share(fake, labels, noise))
+        if target_error is not None and round_ + 1 >= MIN_SETS:
+            active = {name: sample for name, sample in active.items() if not precise(found[name]["mmd"], target_error)}
+        if not active:
+            break
+    return {name: tally(scores) for name, scores in found.items()}
 
 
-def summarise(scores: dict[str, list], floor: Floor, real_median: torch.Tensor, sets: int) -> dict[str, float]:
-    """One sampler's rounds as its scores (see `judge`)."""
-    ratios = np.array(scores["mmd"]) / floor.mmd
-    summary = {
-        "mmd": float(np.mean(scores["mmd"])),
-        "mmd_floor": floor.mmd,
-        "mmd_ratio": float(ratios.mean()),
-        "mmd_ratio_std": float(ratios.std(ddof=1)) if sets > 1 else math.nan,
-        "c2st": float(np.mean(scores["c2st"])),
-        "copying": float(torch.cat(scores["sample_gaps"]).median() / real_median),
-        "spacing": float(torch.cat(scores["spacings"]).median()) / floor.spacing,
-    }
-    if scores["on_moon"]:
-        summary["on_moon"] = float(np.mean(scores["on_moon"]))
-    return summary
+def precise(ratios: list[np.ndarray], target_error: float) -> bool:
+    """Whether the MMD summary of these sets carries a relative standard error of at most target_error."""
+    summary, error = geometric_summary(np.array(ratios))
+    return error <= target_error * summary
 
 
-def prior_sampler(network: VAE) -> Sampler:
-    """Decoded z ~ N(0, I)."""
-    return lambda n, generator, labels: network.sample(n, labels, generator).numpy()
+def mean_and_error(values: np.ndarray) -> tuple[float, float]:
+    """The mean over sets and its standard error (NaN for one set)."""
+    error = values.std(ddof=1) / math.sqrt(len(values)) if len(values) > 1 else math.nan
+    return float(values.mean()), float(error)
 
 
-def posterior_sampler(network: VAE, bank: LatentBank) -> Sampler:
-    """Decoded draws of the aggregate posterior (a random bank entry's q(z|x), noise scaled by eps_w)."""
-    return lambda n, generator, labels: network.sample_posterior(bank, n, labels, generator).numpy()
+def geometric_summary(ratios: np.ndarray) -> tuple[float, float]:
+    """The geometric mean of the scales' mean ratios (sets x scales in), and its standard error.
+
+    The error by the delta method, from the sets' covariance of the three ratios (they
+    share samples, so they move together): the summary's relative error is that of the
+    mean of their logarithms.
+    """
+    means = ratios.mean(axis=0)
+    summary = float(np.exp(np.log(means).mean()))
+    if len(ratios) < 2:
+        return summary, math.nan
+    gradient = 1 / (len(means) * means)  # d log(summary) / d mean_k
+    variance = gradient @ np.cov(ratios, rowvar=False) @ gradient / len(ratios)
+    return summary, summary * math.sqrt(max(float(variance), 0.0))
 
 
-def mixture_sampler(network: VAE, mixture: dict[str, torch.Tensor]) -> Sampler:
-    """Decoded draws of a latent mixture fitted by `density.fit_mixture`."""
+def tally(scores: dict[str, list]) -> dict[str, float]:
+    """One sampler's sets as its scores, their standard errors and the numbers of sets (see `judge`)."""
+    ratios = np.array(scores.pop("mmd"))
+    found = {"sets": len(ratios), "check_sets": len(scores["c2st"])}
+    for index, scale in enumerate(SCALES):
+        found[f"mmd_{scale}"], found[f"mmd_{scale}_se"] = mean_and_error(ratios[:, index])
+    found["mmd_summary"], found["mmd_summary_se"] = geometric_summary(ratios)
+    for name, values in scores.items():
+        found[name], found[f"{name}_se"] = mean_and_error(np.array(values, dtype=np.float64))
+    return found
 
-    @torch.inference_mode()
-    def sample(n: int, generator: torch.Generator, labels: torch.Tensor | None) -> np.ndarray:
-        return network.decode(sample_mixture(mixture, n, labels, generator), labels).numpy()
 
-    return sample
+def clearly_worse(value: float, error: float, best: float, best_error: float) -> bool:
+    """Whether a summary exceeds the best by more than SIGNIFICANCE standard errors of their difference.
+
+    On the log scale, where a summary's standard error is relative: sources or trials
+    whose difference is inside the uncertainty are not told apart. A NaN error (one set)
+    counts as none.
+    """
+    relative = [0.0 if math.isnan(e) else e / v for e, v in ((error, value), (best_error, best))]
+    return math.log(value / best) > SIGNIFICANCE * math.hypot(*relative)

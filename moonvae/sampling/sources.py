@@ -9,17 +9,24 @@ A model decodes latents from one of three sources (`config.SOURCES`):
   the CVAE; `density.fit_mixture`), its number of components chosen on the validation
   latents, with the noise the decoder saw in training: the same region, gaps filled.
 
-Every train run and trial judges each source (`quality.judge_all`: TRIAL_SETS sets of
-2000 points against exact references). All runs use VALIDATION_SEED, so every run and
-every source meets the same references and their scores compare pairwise. These are
-the validation judgements: the default source, the generative objective and the
-`generator` alias are chosen on them. `analyse` judges again with FULL_SETS sets and
-references from its own seed, so the figures it reports were not the ones chosen on.
+Every train run and trial judges each source (`quality.judge_all`) on sets of 2000
+points until its MMD summary's standard error is VALIDATION_ERROR (5%: 14-24 sets for a
+default model's sound sources, 4 for its prior; bench/quality_speed.py), at most
+VALIDATION_SETS; C2ST, copying, spacing and on-moon on the first quality.CHECK_SETS.
+All runs use VALIDATION_SEED, so every run and every source meets the same references
+and their scores compare pairwise. These are the validation judgements: the default
+source, the generative objective and the `generator` alias are chosen on them.
+`analyse` judges again with quality's FULL_SETS and samples and references from its own
+seed, so the figures it reports were not the ones chosen on.
 
-The default source is the sound source with the lowest mmd_ratio; a source is sound
-unless its scores say it copies or clumps: copying < COPYING_MIN, spacing <
-SPACING_MIN, c2st > C2ST_MAX or (CVAE) on_moon < ON_MOON_MIN. With no sound source,
-the lowest mmd_ratio.
+The default source is chosen among the sound sources on the MMD summary, with its
+uncertainty: the first source of PREFERENCE whose summary is not clearly worse than
+the lowest (`quality.clearly_worse`). The order prefers the aggregate posterior: it is
+what the decoder was trained on, it needs no fitted density, and models logged before
+they chose a source sample from it; then the mixture, which fills the posterior's gaps;
+the prior last, which the decoder mostly never saw. A source is sound unless its scores
+say it copies or clumps: copying < COPYING_MIN, spacing < SPACING_MIN, c2st > C2ST_MAX or
+(CVAE) on_moon < ON_MOON_MIN. With no sound source, the rule runs over all of them.
 
 Pure: torch models and tensors in, numbers out; no MLflow, no Optuna.
 """
@@ -28,7 +35,6 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -39,54 +45,58 @@ from moonvae.core.models import VAE, LatentBank, latent_bank
 from moonvae.sampling import density, quality
 
 VALIDATION_SEED = 1_000_003  # judge() seed of every run: the same references for all; analyse's --seed is another
+VALIDATION_ERROR = 0.05  # a run judges each source until its MMD summary's relative standard error is this
+VALIDATION_SETS = 64  # or for this many sets (an exact sampler needs ~47; bench/quality_speed.py)
 # density's candidates up to 50: on the default VAE a 100-component fit took 0.33 s of the fit's 0.59 and lost to 50
 MIXTURE_COMPONENTS = (1, 2, 5, 10, 20, 50)
+PREFERENCE = ("posterior", "mixture", "prior")  # the default between sources the uncertainty cannot tell apart
 COPYING_MIN = 0.9  # below: samples sit closer to the training points than fresh data does: copies
-SPACING_MIN = 0.8  # below: samples clump tighter than the data (which the MMD's wide kernel smooths over)
+SPACING_MIN = 0.8  # below: samples clump tighter than the data
 C2ST_MAX = 0.6  # above: a classifier tells the samples from real points, whatever the MMD says
 ON_MOON_MIN = 0.9  # CVAE: below, too many samples land on the moon not asked for
-SCORES = ("mmd_ratio", "mmd_ratio_std", "c2st", "copying", "spacing", "on_moon")  # logged per source
-NOTE_SCORES = ("mmd_ratio", "c2st", "copying", "spacing", "on_moon")  # quoted in a model's description
+NOTE_SCORES = ("mmd_summary", "mmd_wide", "mmd_mid", "mmd_fine", "c2st", "copying", "spacing", "on_moon")
 
 
 @dataclass(frozen=True)
 class Judgement:
-    """Every source's scores (quality.judge's, unprefixed), and the default source the rule picked."""
+    """Every source's scores (quality.judge's, unprefixed, with their `_se`), and the default source the rule picked."""
 
     scores: dict[str, dict[str, float]]
     default: str
-    sets: int
     reasons: dict[str, str]  # why a source is not sound, for those that are not
 
     @property
-    def mmd_ratio(self) -> float:
-        """The default source's mmd_ratio: the model's sample quality, the generative objective."""
-        return self.scores[self.default]["mmd_ratio"]
+    def mmd_summary(self) -> float:
+        """The default source's MMD summary: the model's sample quality, the generative objective."""
+        return self.scores[self.default]["mmd_summary"]
 
     @property
-    def mmd_floor(self) -> float:
-        return next(iter(self.scores.values()))["mmd_floor"]
+    def mmd_summary_se(self) -> float:
+        return self.scores[self.default]["mmd_summary_se"]
 
     def metrics(self) -> dict[str, float]:
-        """`<source>_<score>` for every source and score: names sort by source in the MLflow UI."""
-        return {
-            f"{source}_{score}": scores[score]
-            for source, scores in self.scores.items()
-            for score in SCORES
-            if score in scores
-        }
+        """`<source>_<score>` and `<source>_<score>_se` for every source and score: by source in the MLflow UI."""
+        return {f"{source}_{key}": value for source, scores in self.scores.items() for key, value in scores.items()}
 
     def note(self) -> str:
-        """Which source is the default, and why, with the figures (a model's description)."""
+        """Which source is the default, and why, with the figures and their standard errors (a model's description)."""
         lines = [
-            f"Default source: {self.default}, the sound source with the lowest MMD ratio on the validation "
-            f"judgement ({self.sets} sets of {quality.N_POINTS} points against exact draws):"
+            f"Default source: {self.default}, chosen on the MMD summary of the validation judgement (sets of "
+            f"{quality.N_POINTS} points against the distribution itself; +- is the standard error over the sets): the "
+            f"first sound source of {', '.join(PREFERENCE)} whose summary is not above the lowest by more than "
+            f"{quality.SIGNIFICANCE:g} standard errors of their difference."
         ]
         for source, scores in self.scores.items():
-            figures = ", ".join(f"{score} {scores[score]:.3g}" for score in NOTE_SCORES if score in scores)
+            figures = ", ".join(figure(scores, score) for score in NOTE_SCORES if score in scores)
             verdict = f"; not sound: {self.reasons[source]}" if source in self.reasons else ""
-            lines.append(f"- {source}: {figures}{verdict}")
+            sets = f"mmd: {scores['sets']} sets, the others: {scores['check_sets']}"
+            lines.append(f"- {source} ({sets}): {figures}{verdict}")
         return "\n".join(lines)
+
+
+def figure(scores: dict[str, float], score: str) -> str:
+    """`mmd_summary 3.77 +- 0.12`: a score with its standard error, as every description quotes it."""
+    return f"{score} {scores[score]:.3g} +- {scores[score + '_se']:.2g}"
 
 
 def fit_latent_mixture(network: VAE, data: MoonsData, seed: int) -> dict[str, torch.Tensor]:
@@ -105,11 +115,31 @@ def fit_latent_mixture(network: VAE, data: MoonsData, seed: int) -> dict[str, to
         )
 
 
+def prior_sampler(network: VAE) -> quality.Sampler:
+    """Decoded z ~ N(0, I)."""
+    return lambda n, rng, labels: network.sample(n, labels, rng).numpy()
+
+
+def posterior_sampler(network: VAE, bank: LatentBank) -> quality.Sampler:
+    """Decoded draws of the aggregate posterior (a random bank entry's q(z|x), noise scaled by eps_w)."""
+    return lambda n, rng, labels: network.sample_posterior(bank, n, labels, rng).numpy()
+
+
+def mixture_sampler(network: VAE, mixture: dict[str, torch.Tensor]) -> quality.Sampler:
+    """Decoded draws of a latent mixture fitted by `density.fit_mixture`."""
+
+    @torch.inference_mode()
+    def sample(n: int, rng: torch.Generator, labels: torch.Tensor | None) -> np.ndarray:
+        return network.decode(density.sample_mixture(mixture, n, labels, rng), labels).numpy()
+
+    return sample
+
+
 def samplers(network: VAE, bank: LatentBank, mixture: dict[str, torch.Tensor] | None) -> dict[str, quality.Sampler]:
     """Each source the model holds (the mixture only when there is one), in SOURCES order."""
-    made = {"posterior": quality.posterior_sampler(network, bank), "prior": quality.prior_sampler(network)}
+    made = {"posterior": posterior_sampler(network, bank), "prior": prior_sampler(network)}
     if mixture is not None:
-        made["mixture"] = quality.mixture_sampler(network, mixture)
+        made["mixture"] = mixture_sampler(network, mixture)
     return {source: made[source] for source in SOURCES if source in made}
 
 
@@ -145,10 +175,17 @@ def unsound(scores: dict[str, float]) -> str:
 
 
 def choose(scores: dict[str, dict[str, float]]) -> tuple[str, dict[str, str]]:
-    """The default source (the sound one with the lowest mmd_ratio, else the lowest) and why the others are unsound."""
+    """The default source, and why the others are unsound: among the sound sources (all, if none is), the first of
+    PREFERENCE whose MMD summary is not clearly worse than the lowest."""
     reasons = {source: why for source, one in scores.items() if (why := unsound(one))}
     sound = [source for source in scores if source not in reasons] or list(scores)
-    return min(sound, key=lambda source: scores[source]["mmd_ratio"]), reasons
+    best = scores[min(sound, key=lambda source: scores[source]["mmd_summary"])]
+
+    def tied(one: dict[str, float]) -> bool:  # the lowest itself always is
+        summary, error = one["mmd_summary"], one["mmd_summary_se"]
+        return not quality.clearly_worse(summary, error, best["mmd_summary"], best["mmd_summary_se"])
+
+    return next(source for source in sorted(sound, key=PREFERENCE.index) if tied(scores[source])), reasons
 
 
 def judge_sources(
@@ -158,9 +195,10 @@ def judge_sources(
     train_x: torch.Tensor,
     noise: float,
     *,
-    sets: int = quality.TRIAL_SETS,
+    sets: int = VALIDATION_SETS,
+    check_sets: int = quality.CHECK_SETS,
     seed: int = VALIDATION_SEED,
-    floor_cache: Path | None = None,
+    target_error: float | None = VALIDATION_ERROR,
 ) -> Judgement:
     """Every source the model holds, judged on the same references; the default chosen by the rule."""
     network.eval()
@@ -169,9 +207,10 @@ def judge_sources(
         train_x.numpy(),
         noise,
         sets=sets,
+        check_sets=check_sets,
         seed=seed,
         conditional=bool(network.n_conditions),
-        floor_cache=floor_cache,
+        target_error=target_error,
     )
     default, reasons = choose(scores)
-    return Judgement(scores, default, sets, reasons)
+    return Judgement(scores, default, reasons)

@@ -7,8 +7,9 @@ What a logged model holds, and why:
   `source=posterior` samples from, and the traversal's reference statistics (per-dimension
   min, median and max of the training latents), computed once at logging time;
 - `mixture.pt`: the latent mixture `source=mixture` samples from (`density`), plain tensors;
-- `sources.json`: the validation judgement of every source and the default source it chose
-  (`generation`), also in the model's metadata (`source`, `sources`) and description. The
+- `sources.json`: the validation judgement of every source (scores, standard errors, sets) and
+  the default source it chose (`sampling.sources`), also in the model's metadata (`source`,
+  `sources`) and description. The
   signature's default for `source` is that source, so omitting it samples from the best one;
   a model logged before mixtures existed has neither file and samples from posterior or prior;
 - the model is logged "from code" (`model_code.py`), so loading runs that file rather than
@@ -78,8 +79,9 @@ by the CVAE, optional for the VAE, which ignores it). params["mode"] chooses wha
   by the row's label. source chooses where z comes from: posterior, the aggregate posterior (a training
   point's q(z|x), noise scaled by eps_w: what the decoder was trained on); prior, z ~ N(0, I), which
   with a small eps_w lands far less often on the requested moon; mixture, a Gaussian mixture fitted to
-  the training latents. Unset, the model's default source: the one with the best validation sample
-  quality when it was logged (metadata "source"; every source's scores in metadata "sources").
+  the training latents. Unset, the model's default source: the one chosen on its validation sample
+  quality when it was logged (metadata "source"; every source's scores, with their standard errors
+  (_se) and the sets behind them, in metadata "sources"; the figures and the rule below).
 - reconstruct: x1, x2 -> x1, x2 decoded from the posterior mean (stochastic=true: from a draw of q(z|x)).
 - encode: x1, x2 -> z0 .. z{{d-1}}, the posterior mean (logvar=true adds logvar0 ..).
 - traverse: per input row, each latent dimension (or only dim) swept in `steps` steps (default 10)
@@ -309,7 +311,7 @@ def log_model(
     """
     bank = latent_bank(network, train.x, train.y)
     latents = {"mean": bank.mean, "logvar": bank.logvar, "y": bank.y, "reference": traversal_reference(bank.mean)}
-    sources = {"default": judgement.default, "sets": judgement.sets, "scores": judgement.scores}
+    sources = {"default": judgement.default, "scores": judgement.scores}
     with tempfile.TemporaryDirectory() as tmp:
         files = {
             WEIGHTS: Path(tmp) / "weights.pt",
@@ -351,5 +353,5 @@ def log_model(
 
 
 def rounded(scores: dict[str, float]) -> dict[str, float]:
-    """Scores to 4 significant digits, for the MLmodel file (NaN, a spread of one set, left out: YAML has no NaN)."""
+    """Scores to 4 significant digits, for the MLmodel file (NaN, the error of one set, left out: YAML has no NaN)."""
     return {key: float(f"{value:.4g}") for key, value in scores.items() if value == value}

@@ -42,25 +42,16 @@ class Outcome:
     judgement: Judgement | None = None  # every source's sample quality, and the default source
 
     @classmethod
-    def measure(
-        cls,
-        network: VAE,
-        result: TrainResult,
-        data: moons.MoonsData,
-        config: RunConfig,
-        floor_cache: Path | None = None,
-    ) -> Outcome:
+    def measure(cls, network: VAE, result: TrainResult, data: moons.MoonsData, config: RunConfig) -> Outcome:
         """The trained network's test and train error, how much of its latent it uses, and its samples' quality.
 
-        The latent mixture is fitted with the training seed; `floor_cache` keeps the MMD floor between runs.
+        The latent mixture is fitted with the training seed.
         """
         bank = latent_bank(network, data.train.x, data.train.y)
         usage = latent_stats.latent_usage(bank.mean, bank.logvar, eps_w=network.config.eps_w)
         train_mse = evaluate(network, data.train).mse.item()
         mixture = sources.fit_latent_mixture(network, data, config.train.seed)
-        judgement = sources.judge_sources(
-            network, bank, mixture, data.train.x, config.data.noise, floor_cache=floor_cache
-        )
+        judgement = sources.judge_sources(network, bank, mixture, data.train.x, config.data.noise)
         return cls(network, result, evaluate(network, data.test), data, None, train_mse, usage, mixture, judgement)
 
     def final_metrics(self) -> dict[str, float]:
@@ -75,11 +66,11 @@ class Outcome:
             **self.usage,
         }
         if self.judgement is not None:
-            values |= {"mmd_floor": self.judgement.mmd_floor, "mmd_ratio": self.judgement.mmd_ratio}
+            values |= {"mmd_summary": self.judgement.mmd_summary, "mmd_summary_se": self.judgement.mmd_summary_se}
         return values
 
     def source_metrics(self) -> dict[str, float]:
-        """Each sampling source's sample quality, as `<source>_<score>`."""
+        """Each sampling source's sample quality, as `<source>_<score>`, `<source>_<score>_se` and `<source>_sets`."""
         return self.judgement.metrics() if self.judgement is not None else {}
 
 
@@ -170,7 +161,7 @@ class TrackedRun:
         cache_dir: Path = moons.DEFAULT_CACHE_DIR,
         snapshot_epochs: frozenset[int] = SNAPSHOT_EPOCHS,
     ) -> None:
-        self.config, self.client, self.run_id, self.cache_dir = config, mlflow_client, run_id, cache_dir
+        self.config, self.client, self.run_id = config, mlflow_client, run_id
         self.data = moons.load(config.data, cache_dir)
         runs.log_params(mlflow_client, run_id, config.params())
         with np.load(self.data.path) as arrays:
@@ -185,7 +176,7 @@ class TrackedRun:
 
     def finish(self, result: TrainResult, *, log_model: bool = True) -> Outcome:
         """Measure the trained network and log its final metrics, tag, plots and (if asked) the model."""
-        outcome = Outcome.measure(self.network, result, self.data, self.config, floor_cache=self.cache_dir)
+        outcome = Outcome.measure(self.network, result, self.data, self.config)
         self.buffer.add(outcome.final_metrics() | outcome.source_metrics())
         self.buffer.close()
         runs.set_tag(self.client, self.run_id, names.SAMPLING_SOURCE_TAG, outcome.judgement.default)

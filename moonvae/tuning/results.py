@@ -10,6 +10,7 @@ run) and registers the front's trial that `generator_trial` picks.
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -20,31 +21,34 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
+from moonvae.sampling import quality
 from moonvae.tracking import images, names, registry, runs
 from moonvae.tracking.runs import Client
 from moonvae.tuning.studies import MODEL_ID_ATTR, RUN_ID_ATTR, SOURCE_ATTR, Target
 
 GENERATOR_MSE_FACTOR = 2.0  # the generator reconstructs within this factor of the study's best validation MSE,
-
-
 # or at least this well: a 0.01 rms error, invisible against the data's noise (0.15) and range. Without it, a
 # study whose best reconstruction is near 0 (tiny eps_w: 2e-7) admitted only near-deterministic autoencoders
 GENERATOR_MSE_TOLERANCE = 1e-4
 
 
-def generator_trial(front: Sequence[tuple[int, float, float]]) -> int | None:
-    """The generator among Pareto trials (number, validation MSE, MMD ratio): the lowest MMD ratio among the
-    trials whose validation MSE is within GENERATOR_MSE_FACTOR of the best (which the front always holds)
-    or at most GENERATOR_MSE_TOLERANCE.
+def generator_trial(front: Sequence[tuple[int, float, float, float]]) -> int | None:
+    """The generator among Pareto trials (number, validation MSE, MMD summary, its standard error): among the
+    trials whose validation MSE is within GENERATOR_MSE_FACTOR of the best (which the front always holds) or at
+    most GENERATOR_MSE_TOLERANCE, the best reconstruction of those whose summary is not clearly worse than the
+    lowest (`quality.clearly_worse`).
 
-    A sampler that reconstructs badly is not what users want from a VAE, however good its samples;
-    within the bound, sample quality decides. Ties go to the lower MSE, then the earlier trial.
+    A sampler that reconstructs badly is not what users want from a VAE, however good its samples; within the
+    bound, sample quality decides where it can (summaries whose difference is inside their uncertainty are not
+    told apart), and reconstruction where it cannot. Ties go to the earlier trial.
     """
     if not front:
         return None
-    bound = max(GENERATOR_MSE_FACTOR * min(mse for _, mse, _ in front), GENERATOR_MSE_TOLERANCE)
-    eligible = [(ratio, mse, number) for number, mse, ratio in front if mse <= bound]
-    return min(eligible)[2]
+    bound = max(GENERATOR_MSE_FACTOR * min(mse for _, mse, _, _ in front), GENERATOR_MSE_TOLERANCE)
+    eligible = [trial for trial in front if trial[1] <= bound]
+    _, _, lowest, lowest_error = min(eligible, key=lambda trial: trial[2])
+    tied = [trial for trial in eligible if not quality.clearly_worse(trial[2], trial[3], lowest, lowest_error)]
+    return min(tied, key=lambda trial: (trial[1], trial[0]))[0]
 
 
 @dataclass
@@ -81,7 +85,8 @@ def summarise(study: optuna.Study, client: Client, run_id: str, target: Target, 
         runs.set_tags(client, run_id, {names.BEST_RUN_TAG: best_run_id})
         summary = {"trial": best.number, "value": best.values[0], "params": best.params, "run_id": best_run_id}
         if front:
-            summary |= {"values": values, "rule": generator_rule(), "source": best.user_attrs.get(SOURCE_ATTR)}
+            summary |= {"values": values, "mmd_summary_se": summary_error(best), "rule": generator_rule()}
+            summary["source"] = best.user_attrs.get(SOURCE_ATTR)
         runs.log_text(client, run_id, json.dumps(summary, indent=2), "best.json")
         registered = _register(client, target, best, best_metrics)
     if len(target.objectives) > 1:
@@ -113,7 +118,7 @@ def short(objective: str) -> str:
 
 
 def trial_metrics(objectives: tuple[str, ...], values: list[float]) -> dict[str, float]:
-    """A finished trial's objectives as the study run's series: `trial_val_mse`, `trial_mmd_ratio`."""
+    """A finished trial's objectives as the study run's series: `trial_val_mse`, `trial_mmd_summary`."""
     return {f"trial_{short(name)}": value for name, value in zip(objectives, values, strict=True)}
 
 
@@ -148,14 +153,15 @@ def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
 
 def generator_rule() -> str:
     return (
-        f"the Pareto trial with the lowest mmd_ratio among those whose best_val_mse is within "
-        f"{GENERATOR_MSE_FACTOR:g}x the study's best or at most {GENERATOR_MSE_TOLERANCE:g}"
+        f"the Pareto trial with the lowest best_val_mse among those whose mmd_summary is not above the lowest by more "
+        f"than {quality.SIGNIFICANCE:g} standard errors of their difference, of the trials whose best_val_mse is "
+        f"within {GENERATOR_MSE_FACTOR:g}x the study's best or at most {GENERATOR_MSE_TOLERANCE:g}"
     )
 
 
 def convergence(study: optuna.Study, logged: set[int], objectives: tuple[str, ...]) -> dict[int, dict[str, float]]:
     """For each trial k not in `logged` yet: the best of each objective among trials numbered up to k
-    (`best_val_mse`, `best_mmd_ratio`) and, with several objectives, the size of their Pareto front.
+    (`best_val_mse`, `best_mmd_summary`) and, with several objectives, the size of their Pareto front.
 
     A step is given only once every trial up to it has finished, so its values never
     change and the series is the same whatever order parallel workers finished in.
@@ -181,8 +187,8 @@ def entry_metrics(result: StudyResult) -> dict[str, float]:
     values = {"trials_complete": result.counts.get("COMPLETE", 0), "wall_seconds": result.seconds}
     if result.best_value is not None:
         values["best_val_mse"] = result.best_value
-    if "mmd_ratio" in result.best_values:
-        values["best_mmd_ratio"] = result.best_values["mmd_ratio"]
+    if "mmd_summary" in result.best_values:
+        values["best_mmd_summary"] = result.best_values["mmd_summary"]
     return {f"{result.model}_{key}": value for key, value in values.items()}
 
 
@@ -206,6 +212,7 @@ def note(
         source = best.user_attrs.get(SOURCE_ATTR)
         lines.append(
             f"{'Generator' if front else 'Best'}: trial {best.number}, {values_text(target.objectives, best.values)}"
+            + (f" +- {summary_error(best):.2g}" if front else "")
             + (f" (source {source})" if front and source else "")
             + f", run `{best.user_attrs.get(RUN_ID_ATTR, '')}`, "
             + ", ".join(f"{key}={value}" for key, value in best.params.items())
@@ -220,12 +227,17 @@ def note(
 def _best_trial(study: optuna.Study, front: list[FrozenTrial]) -> FrozenTrial | None:
     """The best trial; with several objectives, the Pareto trial the generator rule picks."""
     if len(study.directions) > 1:
-        chosen = generator_trial([(trial.number, *trial.values[:2]) for trial in front])
+        chosen = generator_trial([(trial.number, *trial.values[:2], summary_error(trial)) for trial in front])
         return next((trial for trial in front if trial.number == chosen), None)
     try:
         return study.best_trial
     except ValueError:
         return None
+
+
+def summary_error(trial: FrozenTrial) -> float:
+    """The standard error of a trial's MMD summary (NaN for trials of studies older than it)."""
+    return trial.user_attrs.get("mmd_summary_se", math.nan)
 
 
 def _log_front(
@@ -248,6 +260,7 @@ def _log_front(
         {
             "trial": trial.number,
             **dict(zip(target.objectives, trial.values, strict=True)),
+            "mmd_summary_se": summary_error(trial),
             "source": trial.user_attrs.get(SOURCE_ATTR, ""),
             "generator": chosen is not None and trial.number == chosen.number,
             "run_id": trial.user_attrs.get(RUN_ID_ATTR, ""),
@@ -305,7 +318,7 @@ def _register(
         return None
     name, alias = names.model_name(target.model), names.alias_for(target.space)
     tags = {names.STUDY_TAG: target.name, names.TRIAL_TAG: best.number, names.SPACE_TAG: target.space}
-    tags |= {key: value for key, value in best_metrics.items() if key.startswith(("best_val", "test_", "mmd_ratio"))}
+    tags |= {key: value for key, value in best_metrics.items() if key.startswith(("best_val", "test_", "mmd_summary"))}
     if SOURCE_ATTR in best.user_attrs:
         tags[names.SAMPLING_SOURCE_TAG] = best.user_attrs[SOURCE_ATTR]
     version = registry.register_once(client, model_id, name, alias, tags=tags)

@@ -21,7 +21,7 @@ from moonvae.config import SpaceName
 
 PRUNERS = ("auto", "median", "hyperband", "none")  # auto: the space's own default
 RECONSTRUCTION = ("best_val_mse",)  # what a study minimises: a trial's metrics, in order
-GENERATION = ("best_val_mse", "mmd_ratio")  # reconstruction and the default source's sample quality (validation)
+GENERATION = ("best_val_mse", "mmd_summary")  # reconstruction and the default source's sample quality (validation)
 PRUNE_AFTER_EPOCHS = 50  # no pruning before this epoch: early curves rank trials poorly
 MEDIAN_STARTUP_TRIALS = 5  # finished trials the median pruner needs before it prunes
 TPE_STARTUP_TRIALS = 10  # random trials before TPE models the space, as in the study

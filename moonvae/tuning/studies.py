@@ -30,7 +30,7 @@ HEARTBEAT_SECONDS = int(os.environ.get("MOONVAE_HEARTBEAT_SECONDS", "30"))
 GRACE_SECONDS = int(os.environ.get("MOONVAE_GRACE_SECONDS", "120"))  # no heartbeat for this long: a dead worker
 OPEN_ATTEMPTS = 4  # tries to open a storage whose tables another worker is creating
 
-OBJECTIVE = "best_val_mse"  # what every study minimises (the generative one also mmd_ratio), named for optuna-dashboard
+OBJECTIVE = "best_val_mse"  # what every study minimises (generative: mmd_summary too), named for optuna-dashboard
 RUN_ID_ATTR = "mlflow_run_id"  # trial and study user attrs linking Optuna to MLflow
 MODEL_ID_ATTR = "mlflow_model_id"
 WORKER_ATTR = "moonvae.worker"  # the worker that ran a trial: {call, host, pid}

@@ -44,7 +44,7 @@ REPORT_EVERY = 10  # epochs between reports to the pruner: each report is a stor
 WAIT_SECONDS = 1.0  # poll interval while other processes finish the study's last trials (two queries a poll)
 GRID_ATTEMPTS = 2  # a grid point that fails is tried once more, then left out
 MAX_FAILURES_IN_ROW = 5  # then something is broken beyond one trial: stop the call
-TRIAL_ATTRS = ("test_mse", "test_kl", "train_mse", "active_units", "mutual_info", "mmd_ratio")  # kept with each trial
+TRIAL_ATTRS = ("test_mse", "test_kl", "train_mse", "active_units", "mutual_info", "mmd_summary", "mmd_summary_se")
 
 
 class TooManyFailures(RuntimeError):
