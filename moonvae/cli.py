@@ -249,7 +249,7 @@ def tune(
     if workers < 1:
         fail(f"workers must be an integer >= 1, got {workers!r}")
     from moonvae.tracking import runs
-    from moonvae.tuning import executor, search, studies, trials
+    from moonvae.tuning import executor, results, search, studies, trials
 
     if os.environ.get("MLFLOW_RUN_ID") and studies.has_password(storage):
         fail(
@@ -280,20 +280,21 @@ def tune(
         if workers > 1 or ray_address.strip():
             click.echo(f"workers: {runner.describe(workers)}")
         try:
-            results = search.run(plan, runs.client(), entry_run_id=os.environ.get("MLFLOW_RUN_ID"))
+            finished = search.run(plan, runs.client(), entry_run_id=os.environ.get("MLFLOW_RUN_ID"))
         except (trials.TooManyFailures, executor.WorkerLost) as error:
             fail(str(error), code=1)
         except ConfigError as error:  # a worker that does not see the study's services
             fail(str(error))
         if executor.stopped_by():  # a signal came while the last study was being summarised
             raise KeyboardInterrupt
-    for result in results:
+    for result in finished:
         held = ", ".join(f"{count} {state.lower()}" for state, count in sorted(result.counts.items()))
         if result.best_value is None:
             best = "no complete trial"
         elif result.pareto:
-            best = f"Pareto front of {len(result.pareto)}; generator trial {result.best_trial}: " + ", ".join(
-                f"{key.removeprefix('best_')} {value:.5g}" for key, value in result.best_values.items()
+            objectives, values = tuple(result.best_values), list(result.best_values.values())
+            best = f"Pareto front of {len(result.pareto)}; generator trial {result.best_trial}: " + results.values_text(
+                objectives, values, result.summary_error
             )
         else:
             best = f"best val_mse {result.best_value:.5f} (trial {result.best_trial})"

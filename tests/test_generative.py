@@ -91,6 +91,10 @@ def test_the_study_run_holds_both_series_the_front_and_its_plot(tuned):
     note = run.data.tags["mlflow.note.content"]
     assert f"Pareto front (best_val_mse, mmd_summary): {len(result.pareto)} trials" in note
     assert f"Generator: trial {result.best_trial}" in note and "moonvae-cvae@generator" in note
+    generator = next(t for t in trials if t.number == result.best_trial)
+    error = generator.user_attrs["mmd_summary_se"]  # the generator's summary, with its standard error
+    assert f"mmd_summary {generator.values[1]:.5g} +- {error:.2g}" in note and result.summary_error == error
+    assert results.entry_metrics(result)["cvae_best_mmd_summary_se"] == error
 
 
 def test_the_generator_is_registered_by_the_rule_and_samples_from_its_source(tuned):

@@ -74,7 +74,7 @@ class Progress:
 def trial_line(study_name: str, trial: FrozenTrial, objectives: tuple[str, ...] = (studies.OBJECTIVE,)) -> str:
     """`moonvae-vae-basic trial-007 complete: val_mse 0.00213 (4.1 s)`, or the reason it did not complete."""
     if trial.state == TrialState.COMPLETE and trial.values:
-        outcome = results.values_text(objectives, trial.values)
+        outcome = results.values_text(objectives, trial.values, results.summary_error(trial))
     else:
         outcome = trial.user_attrs.get("reason", f"its worker stopped (no heartbeat for {studies.GRACE_SECONDS} s)")
     seconds = (trial.datetime_complete - trial.datetime_start).total_seconds() if trial.datetime_start else 0.0

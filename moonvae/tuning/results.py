@@ -64,6 +64,7 @@ class StudyResult:
     seconds: float
     best_values: dict[str, float] = field(default_factory=dict)  # the best trial's objectives by name
     pareto: list[int] = field(default_factory=list)  # trial numbers on the Pareto front (several objectives)
+    summary_error: float = math.nan  # the standard error of the best trial's mmd_summary, where it has one
 
 
 def summarise(study: optuna.Study, client: Client, run_id: str, target: Target, seconds: float) -> StudyResult:
@@ -109,6 +110,7 @@ def summarise(study: optuna.Study, client: Client, run_id: str, target: Target, 
         seconds=seconds,
         best_values=values,
         pareto=[trial.number for trial in front],
+        summary_error=summary_error(best) if best else math.nan,
     )
 
 
@@ -122,8 +124,12 @@ def trial_metrics(objectives: tuple[str, ...], values: list[float]) -> dict[str,
     return {f"trial_{short(name)}": value for name, value in zip(objectives, values, strict=True)}
 
 
-def values_text(objectives: tuple[str, ...], values: list[float]) -> str:
-    return ", ".join(f"{short(name)} {value:.5g}" for name, value in zip(objectives, values, strict=True))
+def values_text(objectives: tuple[str, ...], values: list[float], summary_error: float = math.nan) -> str:
+    """`val_mse 0.0021, mmd_summary 3.712 +- 0.18`: objectives by name, the MMD summary with its error if known."""
+    texts = [f"{short(name)} {value:.5g}" for name, value in zip(objectives, values, strict=True)]
+    if "mmd_summary" in objectives and not math.isnan(summary_error):
+        texts[objectives.index("mmd_summary")] += f" +- {summary_error:.2g}"
+    return ", ".join(texts)
 
 
 def best_so_far(study: optuna.Study) -> dict[str, str]:
@@ -189,6 +195,7 @@ def entry_metrics(result: StudyResult) -> dict[str, float]:
         values["best_val_mse"] = result.best_value
     if "mmd_summary" in result.best_values:
         values["best_mmd_summary"] = result.best_values["mmd_summary"]
+        values["best_mmd_summary_se"] = result.summary_error
     return {f"{result.model}_{key}": value for key, value in values.items()}
 
 
@@ -211,8 +218,8 @@ def note(
     if best is not None:
         source = best.user_attrs.get(SOURCE_ATTR)
         lines.append(
-            f"{'Generator' if front else 'Best'}: trial {best.number}, {values_text(target.objectives, best.values)}"
-            + (f" +- {summary_error(best):.2g}" if front else "")
+            f"{'Generator' if front else 'Best'}: trial {best.number}, "
+            + values_text(target.objectives, best.values, summary_error(best))
             + (f" (source {source})" if front and source else "")
             + f", run `{best.user_attrs.get(RUN_ID_ATTR, '')}`, "
             + ", ".join(f"{key}={value}" for key, value in best.params.items())
