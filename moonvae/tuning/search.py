@@ -205,17 +205,17 @@ def run(plan: Plan, mlflow_client: Client, entry_run_id: str | None = None) -> l
     )
     with launcher, one_torch_thread():
         if len(plan.targets) > 1 and isinstance(plan.runner, executor.Local):
-            results = _side_by_side(plan, mlflow_client, study_runs, adopt, parent)
+            finished = _side_by_side(plan, mlflow_client, study_runs, adopt, parent)
         else:
-            results = [
+            finished = [
                 _run_study(plan, target, mlflow_client, study_runs[target.name] or adopt, parent, plan.runner)
                 for target in plan.targets
             ]
         if parent:
-            runs.set_tags(mlflow_client, parent, {names.STUDY_RUNS_TAG: ",".join(r.run_id for r in results)})
-            for result in results:
+            runs.set_tags(mlflow_client, parent, {names.STUDY_RUNS_TAG: ",".join(r.run_id for r in finished)})
+            for result in finished:
                 runs.log_metrics(mlflow_client, parent, results.entry_metrics(result))
-    return results
+    return finished
 
 
 def _side_by_side(
