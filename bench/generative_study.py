@@ -1,8 +1,7 @@
 """A generative study per model, timed, and the @generator it registers judged with the full protocol.
 
 Runs `moonvae tune --space generative` (in process: search.plan + search.run) for the
-VAE and the CVAE in a fresh folder (sqlite tracking store and Optuna storage; the
-MMD floor computed on the first trial and cached), then loads
+VAE and the CVAE in a fresh folder (sqlite tracking store and Optuna storage), then loads
 `models:/moonvae-{kind}@generator` and judges its default source as `analyse` does
 (quality.FULL_SETS sets of 2000 points, seed 0). Prints per model: wall time, trials,
 the Pareto front's size, the generator's params, its validation figures, and the
