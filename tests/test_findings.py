@@ -10,16 +10,8 @@ import pandas as pd
 import pytest
 
 from moonvae.analysis import findings, intervals
-from moonvae.analysis.findings import (
-    CAPACITY,
-    DATA,
-    IMPORTANCE,
-    INCONCLUSIVE,
-    PROBABILISTIC,
-    REFUTED,
-    REPRODUCED,
-    judge,
-)
+from moonvae.analysis.verdicts import INCONCLUSIVE, REFUTED, REPRODUCED, Finding, verdict
+from moonvae.config import SpaceName
 from moonvae.tuning import tables
 from moonvae.tuning.tables import StudyTable
 
@@ -104,15 +96,20 @@ def probabilistic(seed: int, textbook_kept: float = 0.3, noise: float = 0.05) ->
 def studies(**tables: StudyTable) -> dict[tuple[str, str], StudyTable]:
     """Every study agreeing with the claims, unless replaced: keys like vae_capacity=..."""
     agreeing = {
-        ("vae", IMPORTANCE): importance(1, spread=0.3),
-        ("cvae", IMPORTANCE): importance(2, spread=0.02),  # flat: reconstructs well everywhere
-        ("vae", CAPACITY): capacity(),
-        ("vae", DATA): data_grid(3),
-        ("cvae", DATA): data_grid(4),
-        ("vae", PROBABILISTIC): probabilistic(5),
-        ("cvae", PROBABILISTIC): probabilistic(6),
+        ("vae", SpaceName.IMPORTANCE): importance(1, spread=0.3),
+        ("cvae", SpaceName.IMPORTANCE): importance(2, spread=0.02),  # flat: reconstructs well everywhere
+        ("vae", SpaceName.CAPACITY): capacity(),
+        ("vae", SpaceName.DATA_SEEDS): data_grid(3),
+        ("cvae", SpaceName.DATA_SEEDS): data_grid(4),
+        ("vae", SpaceName.PROBABILISTIC_SEEDS): probabilistic(5),
+        ("cvae", SpaceName.PROBABILISTIC_SEEDS): probabilistic(6),
     }
-    spaces = {"importance": IMPORTANCE, "capacity": CAPACITY, "data": DATA, "probabilistic": PROBABILISTIC}
+    spaces = {
+        "importance": SpaceName.IMPORTANCE,
+        "capacity": SpaceName.CAPACITY,
+        "data": SpaceName.DATA_SEEDS,
+        "probabilistic": SpaceName.PROBABILISTIC_SEEDS,
+    }
     for key, table in tables.items():
         model, space = key.split("_", 1)
         agreeing[(model, spaces[space])] = table
@@ -122,17 +119,17 @@ def studies(**tables: StudyTable) -> dict[tuple[str, str], StudyTable]:
 SEPARATE = {"vae": [0.99, 0.98, 1.0, 0.99, 0.98], "cvae": [0.6, 0.62, 0.58, 0.61, 0.59]}
 
 
-def verdict(number: int, tables: dict, accuracy: dict = SEPARATE) -> findings.Finding:
+def checked(number: int, tables: dict, accuracy: dict = SEPARATE) -> Finding:
     return findings.all_findings(tables, accuracy)[number - 1]
 
 
-def test_judge_reads_only_the_interval():
-    assert judge(0.2, 0.4, 0.1) == REPRODUCED
-    assert judge(-0.3, 0.05, 0.1) == REFUTED
-    assert judge(0.05, 0.3, 0.1) == INCONCLUSIVE
-    assert judge(0.1, 0.2, 0.25, above=False) == REPRODUCED  # a claim that the effect is small
-    assert judge(0.3, 0.5, 0.25, above=False) == REFUTED
-    assert judge(math.nan, math.nan, 0.0) == INCONCLUSIVE
+def test_a_verdict_reads_only_the_interval():
+    assert verdict(0.2, 0.4, 0.1) == REPRODUCED
+    assert verdict(-0.3, 0.05, 0.1) == REFUTED
+    assert verdict(0.05, 0.3, 0.1) == INCONCLUSIVE
+    assert verdict(0.1, 0.2, 0.25, above=False) == REPRODUCED  # a claim that the effect is small
+    assert verdict(0.3, 0.5, 0.25, above=False) == REFUTED
+    assert verdict(math.nan, math.nan, 0.0) == INCONCLUSIVE
 
 
 def test_every_finding_reproduced_when_the_studies_agree():
@@ -177,17 +174,17 @@ def test_every_finding_reproduced_when_the_studies_agree():
     ],
 )
 def test_a_rule_refutes_or_stays_inconclusive(number, tables, expected):
-    finding = verdict(number, tables)
+    finding = checked(number, tables)
     assert finding.verdict == expected, finding.evidence
 
 
 def test_latent_separation_from_per_fold_accuracies():
-    assert verdict(9, {}, SEPARATE).verdict == REPRODUCED
+    assert checked(9, {}, SEPARATE).verdict == REPRODUCED
     same = {"vae": SEPARATE["vae"], "cvae": [0.99, 0.99, 0.98, 1.0, 0.99]}
-    assert verdict(9, {}, same).verdict == REFUTED
+    assert checked(9, {}, same).verdict == REFUTED
     spread = {"vae": [0.95, 0.7, 1.0, 0.85, 0.99], "cvae": [0.8, 0.9, 0.6, 0.95, 0.7]}
-    assert verdict(9, {}, spread).verdict == INCONCLUSIVE
-    one_number = verdict(9, {}, {"vae": 0.98, "cvae": 0.6})
+    assert checked(9, {}, spread).verdict == INCONCLUSIVE
+    one_number = checked(9, {}, {"vae": 0.98, "cvae": 0.6})
     assert one_number.verdict == INCONCLUSIVE and "per-fold" in one_number.evidence
 
 
@@ -197,7 +194,16 @@ def test_the_bootstrap_is_seeded():
 
 
 def test_evidence_and_study_name_the_spaces():
-    spaces = {1: IMPORTANCE, 2: CAPACITY, 3: CAPACITY, 4: CAPACITY, 5: IMPORTANCE, 6: DATA, 7: DATA, 8: PROBABILISTIC}
+    spaces = {
+        1: SpaceName.IMPORTANCE,
+        2: SpaceName.CAPACITY,
+        3: SpaceName.CAPACITY,
+        4: SpaceName.CAPACITY,
+        5: SpaceName.IMPORTANCE,
+        6: SpaceName.DATA_SEEDS,
+        7: SpaceName.DATA_SEEDS,
+        8: SpaceName.PROBABILISTIC_SEEDS,
+    }
     for finding in findings.all_findings(studies(), SEPARATE)[:8]:
         assert spaces[finding.number] in finding.study
         assert spaces[finding.number] in finding.evidence
@@ -207,20 +213,20 @@ def test_missing_studies_leave_every_finding_inconclusive_and_say_what_is_missin
     result = findings.all_findings({}, {})
     assert [f.verdict for f in result] == [INCONCLUSIVE] * 9
     assert all(math.isnan(f.effect) for f in result)
-    assert f"no vae {IMPORTANCE} study" in result[0].evidence
-    assert f"no cvae {PROBABILISTIC} study" in result[7].evidence
+    assert f"no vae {SpaceName.IMPORTANCE} study" in result[0].evidence
+    assert f"no cvae {SpaceName.PROBABILISTIC_SEEDS} study" in result[7].evidence
 
 
 def test_a_missing_column_or_too_few_trials_is_named():
     without = StudyTable(capacity().trials.drop(columns="active_units"))
-    assert "lack active_units" in verdict(4, studies(vae_capacity=without)).evidence
-    small = verdict(1, studies(vae_importance=importance(1, n=10)))
+    assert "lack active_units" in checked(4, studies(vae_capacity=without)).evidence
+    small = checked(1, studies(vae_importance=importance(1, n=10)))
     assert small.verdict == INCONCLUSIVE and "10 trials (need 30)" in small.evidence
 
 
 def test_one_seed_per_cell_is_not_evidence_of_certainty():
     """Resampling within cells of one trial each would give a zero-width interval: such cells are left out."""
-    finding = verdict(6, studies(cvae_data=data_grid(4, seeds=(1,))))
+    finding = checked(6, studies(cvae_data=data_grid(4, seeds=(1,))))
     assert finding.verdict == INCONCLUSIVE
     assert "fewer than 2 seeds left out" in finding.evidence
 
@@ -229,7 +235,7 @@ def test_the_interaction_names_its_quadrants():
     """Only the decoder matters: its gain is the same with either latent, no interaction, and its quadrants are best."""
     trials = capacity().trials
     trials = trials.assign(value=10 ** (-1 - 0.4 * np.log2(trials["decoder_hidden"])))
-    finding = verdict(2, studies(vae_capacity=StudyTable(trials)))
+    finding = checked(2, studies(vae_capacity=StudyTable(trials)))
     assert finding.verdict == REFUTED and finding.effect == pytest.approx(0.0, abs=1e-9)
     quadrants = dict(re.findall(r"(both small|latent large|decoder large|both large) (-?[0-9.]+)", finding.evidence))
     assert float(quadrants["decoder large"]) == float(quadrants["both large"]) < float(quadrants["latent large"])
@@ -244,7 +250,7 @@ def test_resampling_within_cells_varies_each_mean_as_much_as_new_seeds_would():
 
 
 def test_a_finding_of_two_parts_reports_the_part_that_decided():
-    finding = verdict(6, studies(cvae_data=data_grid(4, size_effect=1.0)))  # (a) holds, (b) fails
+    finding = checked(6, studies(cvae_data=data_grid(4, size_effect=1.0)))  # (a) holds, (b) fails
     assert finding.verdict == REFUTED
     assert finding.rule.startswith("CVAE MSE range") and finding.low > findings.SIZE_OVER_NOISE
     assert "(a) over-fitting gap" in finding.evidence and "(b) CVAE MSE range" in finding.evidence
