@@ -3,6 +3,7 @@
 import re
 from dataclasses import replace
 
+import designed
 import nbclient
 import nbformat
 import pandas as pd
@@ -14,6 +15,7 @@ from studies import write_studies
 from trained import tracking_store
 
 from moonvae.analysis import analyse
+from moonvae.analysis.verdicts import INCONCLUSIVE, REFUTED, REPRODUCED
 from moonvae.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from moonvae.core.train import evaluate
 from moonvae.tracking import registry, runs
@@ -33,7 +35,7 @@ EXPECTED_METRICS = {
 
 @pytest.fixture(scope="module")
 def registered(tmp_path_factory):
-    """A tracking store with small registered champions of both kinds and the six studies beside it."""
+    """A tracking store with small registered champions of both kinds, and the six studies and the findings' seven."""
     root = tmp_path_factory.mktemp("registry")
     with tracking_store(root) as client:
         run_ids = {}
@@ -49,6 +51,7 @@ def registered(tmp_path_factory):
             run_ids[kind] = run_id
         registry.set_alias(client, "moonvae-cvae", "generator", version)  # one version, two aliases
         write_studies(f"sqlite:///{root / 'optuna.db'}")
+        designed.write(f"sqlite:///{root / 'optuna.db'}", designed.agreeing())  # every finding holds
     return root, run_ids
 
 
@@ -87,9 +90,10 @@ def test_analyse_logs_metrics_findings_and_a_report_that_renders(registered):
     assert table.loc[0, "mmd_ratio"] < 2 and abs(table.loc[0, "c2st"] - 0.5) < 0.03  # what ideal scores
     assert (table.groupby("model")["default"].count().drop("exact sampler") == 1).all()  # one default per model
     assert "studies read: moonvae-cvae-basic (cvae basic, 40 complete trials), moonvae-cvae-data" in done.stdout
-    verdicts = re.findall(r"finding (\d): ([a-z ]+)", done.stdout)
-    assert [number for number, _ in verdicts] == [str(n) for n in range(1, 10)]
-    assert all(verdict != "not enough data" for _, verdict in verdicts)
+    verdicts = dict(re.findall(r"finding (\d): ([a-z]+)", done.stdout))
+    assert list(verdicts) == [str(n) for n in range(1, 10)]
+    assert [verdicts[str(n)] for n in range(1, 9)] == [REPRODUCED] * 8  # read from the studies the rules need
+    assert verdicts["9"] in (REPRODUCED, REFUTED, INCONCLUSIVE)  # the small champions' latents: either way
 
     report = root / "out" / "report.html"
     document = report.read_text()
