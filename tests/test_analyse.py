@@ -1,7 +1,10 @@
 """`moonvae analyse` end to end: registered models and studies in, one `analyse` run and report.html out."""
 
+import html
 import re
 from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
 
 import designed
 import nbclient
@@ -12,15 +15,17 @@ from browser import dump_dom
 from conftest import ROOT, mlflow_run, moonvae
 from mlflow.tracking import MlflowClient
 from studies import write_studies
-from trained import tracking_store
+from trained import tracking_store, train_and_register
 
-from moonvae.analysis import analyse
+from moonvae.analysis import aliases, analyse, figures
 from moonvae.analysis.verdicts import INCONCLUSIVE, REFUTED, REPRODUCED
-from moonvae.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from moonvae.config import MODELS, DataConfig, ModelConfig, RunConfig, SpaceName, TrainConfig
 from moonvae.core.train import evaluate
-from moonvae.tracking import registry, runs
+from moonvae.sampling import quality
+from moonvae.tracking import names, registry, runs
 from moonvae.tracking.experiment import run_training
 from moonvae.tuning import studies
+from moonvae.tuning.tables import StudyTable
 
 # the reconstruction metrics, each source's sample quality, and the registered aliases' sources
 EXPECTED_METRICS = {
@@ -224,3 +229,154 @@ def test_trials_take_metrics_from_their_runs_and_train_mse_from_their_models(wor
     assert trials.loc[0, "train_mse"] == pytest.approx(evaluate(outcome.network, outcome.data.train).mse.item())
     assert trials.loc[0, "mlflow_run_id"] == run_id  # ids stay strings
     assert trials[["test_mse", "train_mse"]].iloc[1].isna().all()
+
+
+# --- `analyse()` in process on small models and small studies: the default test run covers it -------------------
+
+SMALL = RunConfig(
+    DataConfig(n_samples=400), ModelConfig(latent_dim=8, decoder_hidden=(32,)), TrainConfig(max_epochs=15)
+)
+FEW_SETS = 2  # sample sets per source, for the full protocol's 16: the same code in an eighth of the draws
+
+
+def small(kind: str, seed: int = 42) -> RunConfig:
+    return replace(SMALL, model=replace(SMALL.model, model=kind), train=replace(SMALL.train, seed=seed))
+
+
+def few_data_trials(table: StudyTable) -> StudyTable:
+    """The data grid at noise 0 to 0.1 and two seeds (18 trials): enough for findings 6 and 7."""
+    trials = table.trials
+    return StudyTable(trials[(trials["noise"] <= 0.1) & (trials["seed"] <= 2)].reset_index(drop=True))
+
+
+@pytest.fixture(scope="module")
+def analysed(tmp_path_factory):
+    """One `analyse` run, in process, over small champions of both kinds (the VAE's also @generator, a second
+    CVAE @generator) and the two models' data studies, at 200 points and FEW_SETS sets."""
+    root = tmp_path_factory.mktemp("analysed")
+    storage = f"sqlite:///{root / 'optuna.db'}"
+    with tracking_store(root) as client:
+        trained = {kind: train_and_register(client, small(kind), names.model_name(kind))[0] for kind in MODELS}
+        registry.set_alias(client, names.model_name("vae"), names.GENERATOR, "1")
+        with runs.run(client, "train-cvae") as other:
+            outcome = run_training(small("cvae", seed=1), client, other, cache_dir=Path("data"))
+        registry.register_model(client, outcome.model_info, names.model_name("cvae"), alias=names.GENERATOR)
+        tables = designed.agreeing()
+        designed.write(storage, {key: few_data_trials(tables[key]) for key in tables if key[1] == SpaceName.DATA_SEEDS})
+        subjects = analyse.load_subjects({"vae": trained["vae"], "cvae": names.model_uri("cvae")})
+        with runs.run(client, "analyse") as run_id, pytest.MonkeyPatch.context() as patch:
+            patch.setattr(quality, "FULL_SETS", FEW_SETS)
+            result = analyse.analyse(
+                subjects, root / "out" / "report.html", mlflow_client=client, run_id=run_id, storage=storage, n_eval=200
+            )
+        yield SimpleNamespace(
+            root=root, client=client, run=client.get_run(run_id), result=result, trained=trained, subjects=subjects
+        )
+
+
+def test_analyse_logs_metrics_params_and_tags(analysed):
+    run, values = analysed.run, analysed.run.data.metrics
+    assert run.info.status == "FINISHED"
+    assert set(values) >= EXPECTED_METRICS and values == analysed.result.metrics
+    for kind, run_id in analysed.trained.items():  # the champions' test error, recomputed from the loaded model
+        assert values[f"{kind}_test_mse"] == pytest.approx(analysed.client.get_run(run_id).data.metrics["test_mse"])
+        assert run.data.tags[names.run_id_tag(kind)] == run_id
+    # one version under two aliases is judged once, and it is the analysed model; another version on its own
+    for key in ("mixture_mmd_ratio", "posterior_c2st", "prior_copying"):
+        assert values[f"vae_generator_{key}"] == values[f"vae_champion_{key}"] == values[f"vae_{key}"]
+    assert values["cvae_champion_mixture_mmd_ratio"] == values["cvae_mixture_mmd_ratio"]
+    assert values["cvae_generator_mixture_mmd_ratio"] != values["cvae_champion_mixture_mmd_ratio"]
+    assert run.data.params == {"vae": analysed.trained["vae"], "cvae": "models:/moonvae-cvae@champion",
+                               "n_eval": "200", "seed": "0"}  # fmt: skip
+    assert run.data.tags[names.STUDIES_TAG] == "designed-cvae-data-seeds,designed-vae-data-seeds"
+
+
+def test_analyse_judges_the_findings_of_the_studies_it_finds(analysed):
+    verdicts = {finding.number: finding.verdict for finding in analysed.result.findings}
+    assert verdicts == {n: REPRODUCED if n in (6, 7) else INCONCLUSIVE for n in range(1, 9)} | {9: verdicts[9]}
+    assert "no vae importance study" in analysed.result.findings[0].evidence
+    assert analysed.result.studies.cited() == (
+        "designed-cvae-data-seeds (cvae data-seeds, 18 complete trials), "
+        "designed-vae-data-seeds (vae data-seeds, 18 complete trials)"
+    )
+
+
+def test_analyse_writes_the_report_and_logs_it_with_its_tables(analysed):
+    client, run_id = analysed.client, analysed.run.info.run_id
+    assert {a.path for a in client.list_artifacts(run_id)} == {
+        "report.html",
+        "findings.csv",
+        "metrics.csv",
+        "sources.csv",
+    }
+
+    def artifact(name):
+        return client.download_artifacts(run_id, name, str(analysed.root / "downloaded"))
+
+    document = (analysed.root / "out" / "report.html").read_text()
+    assert Path(artifact("report.html")).read_text() == document
+    assert f'data-expected="{len(analysed.result.figures)}"' in document
+    for title in [figure.title for figure in analysed.result.figures] + ["Metrics", "The study's findings, checked"]:
+        assert f"<h2>{html.escape(title)}</h2>" in document
+    assert "Studies read: designed-cvae-data-seeds (cvae data-seeds, 18 complete trials)" in document
+    found = pd.read_csv(artifact("findings.csv"))
+    assert found["#"].tolist() == list(range(1, 10))
+    assert found["verdict"].tolist() == [finding.verdict for finding in analysed.result.findings]
+    sources = pd.read_csv(artifact("sources.csv"))
+    models = ["exact sampler"] + ["vae@champion,generator"] * 3 + ["cvae@champion"] * 3 + ["cvae@generator"] * 3
+    assert sources["model"].tolist() == models
+    assert (sources.groupby("model")["default"].count().drop("exact sampler") == 1).all()  # one default per model
+    logged = pd.read_csv(artifact("metrics.csv"))
+    assert dict(zip(logged["metric"], logged["value"], strict=True)) == pytest.approx(analysed.run.data.metrics)
+
+
+def test_analyse_draws_each_figure_with_its_panels_and_traces(analysed):
+    drawn = {figure.title: figure.figure for figure in analysed.result.figures}
+    assert list(drawn) == [
+        "The data across sizes and noise",
+        "VAE: data, reconstructions and samples",
+        "VAE: latent traversals in data space",
+        "CVAE: data, reconstructions and samples",
+        "CVAE: latent traversals in data space",
+        "Latent space (UMAP of the training latents)",
+        "Latent traversals in UMAP space",
+        "Training curves",
+        "Sample quality by source: MMD ratio",
+        "vae@champion,generator: samples by source",
+        "cvae@champion: samples by source",
+        "cvae@generator: samples by source",
+        "Best validation MSE across noise and size (data studies)",
+    ]
+
+    def panels(title):
+        return [annotation.text for annotation in drawn[title].layout.annotations]
+
+    def points(title, name=None):
+        return sum(len(trace.x) for trace in drawn[title].data if name is None or trace.name == name)
+
+    assert panels("VAE: data, reconstructions and samples") == [
+        "fresh data", "reconstruction", "prior samples", "aggregate-posterior samples"
+    ]  # fmt: skip
+    assert points("VAE: data, reconstructions and samples") == 4 * 200  # n_eval points in each panel
+    # the latent traversals: every one of the 8 dimensions, once per label the model is decoded with
+    assert panels("VAE: latent traversals in data space") == ["decoded"]
+    assert panels("CVAE: latent traversals in data space") == ["decoded with label 0", "decoded with label 1"]
+    paths = [trace for trace in drawn["CVAE: latent traversals in data space"].data if trace.mode == "lines+markers"]
+    assert len(paths) == 2 * 8 and {len(path.x) for path in paths} == {figures.TRAVERSAL_STEPS}
+    train = sum(len(subject.data.train) for subject in analysed.subjects)
+    assert panels("Latent space (UMAP of the training latents)") == ["VAE", "CVAE"]
+    assert points("Latent space (UMAP of the training latents)") == train
+    assert len(drawn["Latent traversals in UMAP space"].data) == 2 * (2 + 8)
+    assert panels("Training curves") == ["train_loss", "val_kl", "val_mse"]
+    assert len(drawn["Training curves"].data) == 3 * 2  # each metric of both champions' runs
+    bars = drawn["Sample quality by source: MMD ratio"].data
+    assert sorted(bar.name for bar in bars) == ["mixture", "posterior", "prior"]
+    assert all(list(bar.x) == ["vae@champion,generator", "cvae@champion", "cvae@generator"] for bar in bars)
+    shown = panels("cvae@generator: samples by source")
+    assert shown[0] == "exact draws" and sorted(shown[1:]) == ["mixture", "posterior", "prior"]
+    assert points("cvae@generator: samples by source") == 4 * aliases.FIGURE_POINTS
+    assert panels("Best validation MSE across noise and size (data studies)") == [
+        "designed-vae-data-seeds", "designed-cvae-data-seeds"
+    ]  # fmt: skip
+    heatmap = drawn["Best validation MSE across noise and size (data studies)"].data[0]
+    assert list(heatmap.x) == ["0.0", "0.05", "0.1"] and list(heatmap.y) == ["200", "2000", "20000"]
