@@ -341,7 +341,7 @@ def test_analyse_draws_each_figure_with_its_panels_and_traces(analysed):
         "Latent space (UMAP of the training latents)",
         "Latent traversals in UMAP space",
         "Training curves",
-        "Sample quality by source: MMD ratio",
+        "Sample quality by source: MMD summary",
         "vae@champion,generator: samples by source",
         "cvae@champion,generator: samples by source",
         "Best validation MSE across noise and size (data studies)",
@@ -371,6 +371,10 @@ def test_analyse_draws_each_figure_with_its_panels_and_traces(analysed):
     bars = drawn["Sample quality by source: MMD summary"].data
     assert sorted(bar.name for bar in bars) == ["mixture", "posterior", "prior"]
     assert all(list(bar.x) == ["vae@champion,generator", "cvae@champion,generator"] for bar in bars)
+    summaries = analysed.run.data.metrics  # each bar's whisker: two standard errors of its summary
+    for bar in bars:
+        expected = [2 * summaries[f"{kind}_champion_{bar.name}_mmd_summary_se"] for kind in ("vae", "cvae")]
+        assert list(bar.error_y.array) == pytest.approx(expected)
     shown = panels("cvae@champion,generator: samples by source")
     assert shown[0] == "exact draws" and sorted(shown[1:]) == ["mixture", "posterior", "prior"]
     assert points("cvae@champion,generator: samples by source") == 4 * aliases.FIGURE_POINTS
