@@ -54,6 +54,7 @@ def client() -> MlflowClient:
     """
     uri = tracking_uri()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep the console readable
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # no "View run ..." line per trial
     os.environ["MLFLOW_TRACKING_URI"] = uri
     return MlflowClient(uri)
 

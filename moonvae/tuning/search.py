@@ -31,7 +31,9 @@ from moonvae.core import data as moons
 from moonvae.core.train import one_torch_thread
 from moonvae.tracking import lineage, names, runs
 from moonvae.tracking.runs import Client
-from moonvae.tuning import executor, results, spaces, studies, trials
+from moonvae.tuning import asking, results, spaces, studies, trials
+from moonvae.tuning.cluster import Executor
+from moonvae.tuning.processes import Local
 from moonvae.tuning.progress import Progress
 from moonvae.tuning.spaces import SPACES, Space
 from moonvae.tuning.studies import RUN_ID_ATTR, Target
@@ -57,7 +59,7 @@ class Plan:
     targets: list[Target]
     workers: int = 1  # worker processes (or Ray tasks); one runs in this process
     trials_at_once: int = 1  # K: trials each thread trains together as one stack
-    runner: executor.Executor = field(default_factory=executor.Local)  # where the workers run
+    runner: Executor = field(default_factory=Local)  # where the workers run
     studies: dict[str, optuna.Study] = field(default_factory=dict)
     created: set[str] = field(default_factory=set)  # studies this call created: it opens their MLflow runs
 
@@ -94,7 +96,7 @@ def plan(
     fixed: dict[str, Any] | None = None,
     workers: int = 1,
     trials_at_once: int = TRIALS_AT_ONCE,
-    runner: executor.Executor | None = None,
+    runner: Executor | None = None,
 ) -> Plan:
     """Validate every input, open the storage and check or create the studies.
 
@@ -162,7 +164,7 @@ def plan(
         targets=targets,
         workers=workers,
         trials_at_once=trials_at_once,
-        runner=runner or executor.Local(),
+        runner=runner or Local(),
     )
     for target in targets:
         if found[target.name] is not None:
@@ -204,7 +206,7 @@ def run(plan: Plan, mlflow_client: Client, entry_run_id: str | None = None) -> l
         else nullcontext()
     )
     with launcher, one_torch_thread():
-        if len(plan.targets) > 1 and isinstance(plan.runner, executor.Local):
+        if len(plan.targets) > 1 and isinstance(plan.runner, Local):
             results = _side_by_side(plan, mlflow_client, study_runs, adopt, parent)
         else:
             results = [
@@ -226,7 +228,7 @@ def _side_by_side(
     Each study is the one it would be alone (its own storage rows, seeds and trials);
     a study that fails does not stop the others, and its error is raised once all have ended.
     """
-    runner = executor.Local(own_processes=True)
+    runner = Local(own_processes=True)
     with ThreadPoolExecutor(len(plan.targets), thread_name_prefix="study") as pool:
         futures = [
             pool.submit(
@@ -259,7 +261,7 @@ def _run_study(
     mlflow_client: Client,
     run_id: str | None,
     parent_run_id: str | None,
-    runner: executor.Executor,
+    runner: Executor,
     position: int = 0,
 ) -> results.StudyResult:
     study = plan.studies[target.name]
@@ -331,7 +333,7 @@ def work(order: Order, worker: int, signalled: threading.Event) -> None:
     study.pruner = spaces.make_pruner(order.pruner, order.max_epochs)
     deadline = None if order.deadline is None else time.monotonic() + order.deadline - time.time()
     who = {"call": order.call, "host": socket.gethostname(), "pid": os.getpid()}
-    site = trials.Worksite(
+    site = asking.Worksite(
         space=space,
         n_trials=order.n_trials,
         storage=storage,

@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,18 @@ SOURCE_ATTR = "source"  # trial user attr: the trial model's default sampling so
 MODEL_ATTR, SPACE_ATTR, CONFIG_ATTR = "moonvae.model", "moonvae.space", "moonvae.config"
 CREATED_ATTR = "moonvae.created"  # when the study was created (seconds since the epoch)
 NEW_SECONDS = 120  # a study younger than this, without trials, may still be getting its MLflow run
+DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED)  # a trial in either counts towards n_trials; FAIL does not
+
+
+def count(trials: Iterable[FrozenTrial]) -> Counter[str]:
+    """A study's trials by what they mean for its end: done, running, waiting (queued) and failed."""
+    states = Counter(trial.state for trial in trials)
+    return Counter(
+        done=sum(states[state] for state in DONE_STATES),
+        running=states[TrialState.RUNNING],
+        waiting=states[TrialState.WAITING],
+        failed=states[TrialState.FAIL],
+    )
 
 
 def study_name(model: str, space: str, base: str | None = None, *, both: bool = False) -> str:

@@ -1,9 +1,4 @@
-"""A worker's trials: ask Optuna, train in a nested MLflow run, tell Optuna how each ended.
-
-A worker asks for a trial only after counting, under a lock, the trials the study
-already holds, finished or running: so workers stop together at `n_trials`, and a
-second call on a study runs only the missing trials. Failed trials do not count, so
-a crash never shortens a study.
+"""A worker's trials: asked (asking.py), trained in nested MLflow runs, told to Optuna as each ended.
 
 With `trials_at_once` K > 1 a worker works in rounds: it asks K trials, trains them
 as one vectorised stack (batched.fit_batch), then tells Optuna how each ended, in
@@ -15,18 +10,15 @@ same trial for trial on every run, at any K.
 
 from __future__ import annotations
 
-import math
 import threading
-import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
-from optuna.storages import RDBStorage
 from optuna.storages._heartbeat import get_heartbeat_thread  # what Study.optimize uses; ask/tell has no public one
 from optuna.trial import FrozenTrial, TrialState
 
@@ -35,46 +27,16 @@ from moonvae.core import batched
 from moonvae.core.train import EpochMetrics, TrainResult, fit
 from moonvae.tracking import names, runs
 from moonvae.tracking.experiment import TrackedRun
-from moonvae.tracking.runs import Client
-from moonvae.tuning import results, spaces, studies
-from moonvae.tuning.spaces import Space
-from moonvae.tuning.studies import MODEL_ID_ATTR, RUN_ID_ATTR, SOURCE_ATTR, WORKER_ATTR, Target
+from moonvae.tuning import asking, results, spaces, studies
+from moonvae.tuning.asking import Worksite
+from moonvae.tuning.studies import MODEL_ID_ATTR, RUN_ID_ATTR, SOURCE_ATTR, WORKER_ATTR
 
 REPORT_EVERY = 10  # epochs between reports to the pruner: each report is a storage write (~4 ms on sqlite)
-WAIT_SECONDS = 1.0  # poll interval while other processes finish the study's last trials (two queries a poll)
-GRID_ATTEMPTS = 2  # a grid point that fails is tried once more, then left out
-MAX_FAILURES_IN_ROW = 5  # then something is broken beyond one trial: stop the call
 TRIAL_ATTRS = ("test_mse", "test_kl", "train_mse", "active_units", "mutual_info", "mmd_ratio")  # kept with each trial
 
 
 class TooManyFailures(RuntimeError):
     """Several trials in a row failed: the cause is not one trial's parameters."""
-
-
-@dataclass
-class Worksite:
-    """The shared state of one study's workers (threads) in one process."""
-
-    space: Space
-    n_trials: int
-    storage: RDBStorage
-    n_jobs: int  # threads working on the study here
-    trials_at_once: int  # K: trials a thread trains together as one stack
-    workers: int  # the call's worker processes (or Ray tasks): a round takes no more than its share of the places
-    target: Target
-    study: optuna.Study
-    mlflow_client: Client
-    run_id: str  # the study run: the trials' parent
-    deadline: float | None  # time.monotonic() after which no trial starts
-    worker: dict[str, Any]  # who runs the trials: WORKER_ATTR
-    signalled: threading.Event  # the process was asked to stop
-    gate: threading.Condition = field(default_factory=threading.Condition)
-    stop: threading.Event = field(default_factory=threading.Event)  # a worker thread was stopped or failed
-    failures_in_row: int = 0
-    last_failure: str = ""
-
-    def stopping(self) -> bool:
-        return self.stop.is_set() or self.signalled.is_set()
 
 
 def end_stale_trial_run(study: optuna.Study, trial: FrozenTrial) -> None:
@@ -103,90 +65,17 @@ def work(site: Worksite) -> None:
                 with site.gate:
                     site.gate.notify_all()
                 raise
-    if site.failures_in_row >= MAX_FAILURES_IN_ROW:
+    if site.failures_in_row >= asking.MAX_FAILURES_IN_ROW:
         raise TooManyFailures(f"{site.failures_in_row} trials in a row failed, the last with {site.last_failure}")
 
 
 def _work(site: Worksite) -> None:
     if site.trials_at_once == 1:
-        while (trial := _next_trial(site)) is not None:
+        while (trial := asking.next_trial(site)) is not None:
             _run_trial(site, trial)
         return
-    while trials := _next_trials(site):
+    while trials := asking.next_trials(site):
         _run_round(site, trials)
-
-
-def _count(study: optuna.Study) -> Counter[str]:
-    states = Counter(trial.state for trial in study.get_trials(deepcopy=False))
-    return Counter(
-        done=states[TrialState.COMPLETE] + states[TrialState.PRUNED],
-        running=states[TrialState.RUNNING],
-        waiting=states[TrialState.WAITING],
-        failed=states[TrialState.FAIL],
-    )
-
-
-def _next_trials(site: Worksite) -> list[optuna.Trial]:
-    """Up to K trials for one round: the first as `_next_trial` asks it, the others while places are free.
-
-    A round takes at most its thread's share of the free places, so the call's other
-    workers and threads do not wait while one trains the study's last trials alone.
-    """
-    with site.gate:
-        first = _next_trial(site)
-        if first is None:
-            return []
-        counts = _count(site.study)
-        free = site.n_trials - counts["done"] - counts["running"] + 1  # the first one's place included
-        share = max(1, math.ceil(free / (site.workers * site.n_jobs)))
-        asked = [first]
-        while len(asked) < min(site.trials_at_once, share) and (trial := _next_trial(site, wait=False)) is not None:
-            asked.append(trial)
-        return asked
-
-
-def _next_trial(site: Worksite, wait: bool = True) -> optuna.Trial | None:
-    """Ask for a trial if the study still needs one, counting running trials as done-to-be.
-
-    When the running ones would complete the study, wait (unless told not to): if one of
-    them fails, this worker replaces it. Runs under the gate so two workers never both
-    take the last place.
-    """
-    with site.gate:
-        while True:
-            if site.stopping() or site.failures_in_row >= MAX_FAILURES_IN_ROW:
-                return None
-            if site.deadline is not None and time.monotonic() >= site.deadline:
-                return None
-            optuna.storages.fail_stale_trials(site.study)
-            counts = _count(site.study)
-            if counts["done"] >= site.n_trials:
-                return None
-            if counts["done"] + counts["running"] < site.n_trials:
-                if site.space.grid is None or counts["waiting"] or _grid_point_available(site):
-                    return site.study.ask(fixed_distributions=site.space.distributions)
-                if not counts["running"]:
-                    return None  # every grid point was run or failed too often
-            if not wait:
-                return None
-            site.gate.wait(WAIT_SECONDS)
-
-
-def _grid_point_available(site: Worksite) -> bool:
-    """True when a grid point was never tried (the sampler picks it) or failed and may be tried again.
-
-    A failed point is queued here, so the next `ask` takes it: the grid sampler counts failed points as visited.
-    """
-    space = site.space
-    tried: dict[tuple[Any, ...], list[TrialState]] = {point: [] for point in space.points()}
-    for trial in site.study.get_trials(deepcopy=False):
-        params = trial.params or trial.system_attrs.get("fixed_params", {})
-        tried.setdefault(space.point(params), []).append(trial.state)
-    for point, states in tried.items():
-        if states and all(state == TrialState.FAIL for state in states) and len(states) < GRID_ATTEMPTS:
-            site.study.enqueue_trial(dict(zip(space.grid or {}, point, strict=True)))
-            return True
-    return any(not states for states in tried.values())
 
 
 def _start_run(site: Worksite, trial: optuna.Trial) -> str:
