@@ -249,7 +249,7 @@ def tune(
     if workers < 1:
         fail(f"workers must be an integer >= 1, got {workers!r}")
     from moonvae.tracking import runs
-    from moonvae.tuning import cluster, executor, search, signals, studies, trials
+    from moonvae.tuning import asking, cluster, executor, search, signals, studies, trials
 
     if os.environ.get("MLFLOW_RUN_ID") and studies.has_password(storage):
         fail(
@@ -281,7 +281,7 @@ def tune(
             click.echo(f"workers: {runner.describe(workers)}")
         try:
             results = search.run(plan, runs.client(), entry_run_id=os.environ.get("MLFLOW_RUN_ID"))
-        except (trials.TooManyFailures, executor.WorkerLost) as error:
+        except (trials.TooManyFailures, executor.WorkerLost, asking.WaitedTooLong) as error:
             fail(str(error), code=1)
         except ConfigError as error:  # a worker that does not see the study's services
             fail(str(error))

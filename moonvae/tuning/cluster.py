@@ -17,7 +17,17 @@ from typing import Any
 
 from moonvae.config import ConfigError
 from moonvae.tuning import signals
-from moonvae.tuning.executor import DONE, MAX_RETRIES, POLL_SECONDS, STOP_SECONDS, STOPPED, Watcher, Work, WorkerLost
+from moonvae.tuning.executor import (
+    DONE,
+    MAX_RETRIES,
+    POLL_SECONDS,
+    STOP_SECONDS,
+    STOPPED,
+    Watcher,
+    Work,
+    WorkerLost,
+    first_line,
+)
 from moonvae.tuning.processes import Local
 
 CONNECT_SECONDS = 5.0  # to reach a Ray cluster's port; Ray itself waits minutes before it gives up
@@ -136,7 +146,7 @@ def connect(address: str | None) -> Iterator[Executor]:
             logging_level=logging.WARNING,
         )
     except Exception as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = first_line(error)
         raise ConfigError(f"cannot reach the Ray cluster at {address}: {reason}") from None
     try:
         yield RayCluster(address, getattr(context, "dashboard_url", None))

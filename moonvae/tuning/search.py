@@ -33,6 +33,7 @@ from moonvae.tracking import lineage, names, runs
 from moonvae.tracking.runs import Client
 from moonvae.tuning import asking, results, spaces, studies, trials
 from moonvae.tuning.cluster import Executor
+from moonvae.tuning.heartbeats import Heartbeats
 from moonvae.tuning.processes import Local
 from moonvae.tuning.progress import Progress
 from moonvae.tuning.spaces import SPACES, Space
@@ -146,7 +147,7 @@ def plan(
     size = search_space.size
     wanted = N_TRIALS if n_trials is None else n_trials
     storage_url = storage or studies.default_storage()
-    opened = studies.open_storage(storage_url, on_stale_trial=trials.end_stale_trial_run)
+    opened = studies.open_storage(storage_url, on_stale_trial=trials.on_stale_trial)
     found = {target.name: studies.load(opened, target.name) for target in targets}
     for target in targets:
         if found[target.name] is not None:
@@ -302,6 +303,7 @@ def _run_study(
             study, mlflow_client, study_run_id, plan.n_trials, order.call, plan.space.objectives, position
         ) as progress:
             runner.run(work, order, plan.workers, plan.n_jobs, env, progress)
+        trials.end_runs_left_running(study, mlflow_client)
         result = results.summarise(study, mlflow_client, study_run_id, target, time.monotonic() - started)
     return result
 
@@ -315,7 +317,7 @@ def work(order: Order, worker: int, signalled: threading.Event) -> None:
     """
     quiet()
     storage_url = os.environ[STORAGE_ENV]
-    storage = studies.open_storage(storage_url, on_stale_trial=trials.end_stale_trial_run)
+    storage = studies.open_storage(storage_url, on_stale_trial=trials.on_stale_trial)
     study = studies.load(storage, order.target.name)
     require(
         study is not None,
@@ -333,10 +335,12 @@ def work(order: Order, worker: int, signalled: threading.Event) -> None:
     study.pruner = spaces.make_pruner(order.pruner, order.max_epochs)
     deadline = None if order.deadline is None else time.monotonic() + order.deadline - time.time()
     who = {"call": order.call, "host": socket.gethostname(), "pid": os.getpid()}
+    heartbeats = Heartbeats(storage)
     site = asking.Worksite(
         space=space,
         n_trials=order.n_trials,
         storage=storage,
+        heartbeats=heartbeats,
         n_jobs=order.n_jobs,
         trials_at_once=order.trials_at_once,
         workers=order.workers,
@@ -348,5 +352,5 @@ def work(order: Order, worker: int, signalled: threading.Event) -> None:
         worker=who,
         signalled=signalled,
     )
-    with one_torch_thread():
+    with heartbeats, one_torch_thread():
         trials.work(site)

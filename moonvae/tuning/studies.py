@@ -7,7 +7,6 @@ finds studies by those, whatever their names, and a resumed study must match the
 
 from __future__ import annotations
 
-import os
 import time
 import warnings
 from collections import Counter
@@ -24,11 +23,10 @@ from sqlalchemy.engine import make_url
 
 from moonvae.config import ConfigError
 from moonvae.tracking import runs
+from moonvae.tuning.executor import first_line
+from moonvae.tuning.heartbeats import Storage
 from moonvae.tuning.tables import StudyTable, trials_frame
 
-# Read from the environment too, since workers run in other processes (tests shorten them to seconds).
-HEARTBEAT_SECONDS = int(os.environ.get("MOONVAE_HEARTBEAT_SECONDS", "30"))
-GRACE_SECONDS = int(os.environ.get("MOONVAE_GRACE_SECONDS", "120"))  # no heartbeat for this long: a dead worker
 OPEN_ATTEMPTS = 4  # tries to open a storage whose tables another worker is creating
 
 OBJECTIVE = "best_val_mse"  # what every study minimises (the generative one also mmd_ratio), named for optuna-dashboard
@@ -95,14 +93,9 @@ def open_storage(url: str, on_stale_trial: Callable[[optuna.Study, FrozenTrial],
     warnings.filterwarnings("ignore", category=ExperimentalWarning)  # heartbeats: experimental since 2.9, still here
     for attempt in range(OPEN_ATTEMPTS):
         try:
-            return RDBStorage(
-                url,
-                heartbeat_interval=HEARTBEAT_SECONDS,
-                grace_period=GRACE_SECONDS,
-                heartbeat_stale_trial_callback=on_stale_trial,
-            )
+            return Storage(url, on_stale_trial)
         except Exception as error:
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            reason = first_line(error)
             # workers opening a new database at the same instant race to create Optuna's tables: the loser retries
             if attempt + 1 < OPEN_ATTEMPTS and any(word in reason.lower() for word in ("already exists", "duplicate")):
                 time.sleep(0.5 * (attempt + 1))

@@ -10,16 +10,18 @@ same trial for trial on every run, at any K.
 
 from __future__ import annotations
 
+import copy
+import sys
 import threading
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
-from optuna.storages._heartbeat import get_heartbeat_thread  # what Study.optimize uses; ask/tell has no public one
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from moonvae.config import RunConfig
@@ -27,11 +29,15 @@ from moonvae.core import batched
 from moonvae.core.train import EpochMetrics, TrainResult, fit
 from moonvae.tracking import names, runs
 from moonvae.tracking.experiment import TrackedRun
-from moonvae.tuning import asking, results, spaces, studies
+from moonvae.tracking.runs import Client
+from moonvae.tuning import asking, results, spaces
 from moonvae.tuning.asking import Worksite
+from moonvae.tuning.executor import first_line
+from moonvae.tuning.heartbeats import STALE_REASON
 from moonvae.tuning.studies import MODEL_ID_ATTR, RUN_ID_ATTR, SOURCE_ATTR, WORKER_ATTR
 
 REPORT_EVERY = 10  # epochs between reports to the pruner: each report is a storage write (~4 ms on sqlite)
+STALE_RETRIES = 2  # a trial whose worker died is queued again this often, then left failed (it may kill its worker)
 TRIAL_ATTRS = ("test_mse", "test_kl", "train_mse", "active_units", "mutual_info", "mmd_ratio")  # kept with each trial
 
 
@@ -39,15 +45,33 @@ class TooManyFailures(RuntimeError):
     """Several trials in a row failed: the cause is not one trial's parameters."""
 
 
-def end_stale_trial_run(study: optuna.Study, trial: FrozenTrial) -> None:
-    """A dead worker's trial was failed by heartbeat: end its MLflow run too."""
+def on_stale_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+    """A trial whose worker died, just failed by Optuna: queue it again with its parameters, and end its run FAILED.
+
+    Queued by Optuna's RetryHeartbeatStaleTrialCallback (formerly RetryFailedTrialCallback),
+    at most STALE_RETRIES times, without the dead worker's run and worker attributes.
+    """
+    queued = copy.copy(trial)
+    queued.user_attrs = {}
+    RetryHeartbeatStaleTrialCallback(max_retry=STALE_RETRIES)(study, queued)
     run_id = trial.user_attrs.get(RUN_ID_ATTR)
-    if not run_id:
-        return
-    mlflow_client = runs.client()
-    reason = f"its worker stopped (no heartbeat for {studies.GRACE_SECONDS} s)"
-    if runs.end_if_running(mlflow_client, run_id, runs.FAILED, reason):
+    if run_id:
+        try:
+            _end_stale_run(runs.client(), run_id)
+        except runs.TrackingError as error:  # the tracking server is away longer than its retries: ended later
+            print(f"run {run_id} of failed trial {trial.number} not ended yet: {first_line(error)}", file=sys.stderr)
+
+
+def _end_stale_run(mlflow_client: Client, run_id: str) -> None:
+    if runs.end_if_running(mlflow_client, run_id, runs.FAILED, STALE_REASON):
         runs.set_tag(mlflow_client, run_id, names.TRIAL_STATE_TAG, TrialState.FAIL.name)
+
+
+def end_runs_left_running(study: optuna.Study, mlflow_client: Client) -> None:
+    """End the runs of failed trials still RUNNING: a stale trial whose run the tracking server was away to end."""
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        if trial.user_attrs.get(RUN_ID_ATTR):
+            _end_stale_run(mlflow_client, trial.user_attrs[RUN_ID_ATTR])
 
 
 def work(site: Worksite) -> None:
@@ -126,20 +150,19 @@ def _run_trial(site: Worksite, trial: optuna.Trial) -> None:
     """Train one trial in its own MLflow run, nested under the study run, and tell Optuna how it ended."""
     values, error, run_id = None, None, None
     try:
-        with get_heartbeat_thread(trial._trial_id, site.storage):
-            run_id = _start_run(site, trial)
-            tracked = _tracked_run(site, trial, run_id)
-            reporter = _reporter(site, trial)
+        run_id = _start_run(site, trial)
+        tracked = _tracked_run(site, trial, run_id)
+        reporter = _reporter(site, trial)
 
-            def on_epoch(metrics: EpochMetrics) -> None:
-                tracked.log_epoch(metrics)
-                reporter(metrics)
+        def on_epoch(metrics: EpochMetrics) -> None:
+            tracked.log_epoch(metrics)
+            reporter(metrics)
 
-            try:
-                result = fit(tracked.network, tracked.data.train, tracked.data.val, tracked.config.train, on_epoch)
-            finally:
-                tracked.close()
-            values = _conclude(site, trial, tracked, result)
+        try:
+            result = fit(tracked.network, tracked.data.train, tracked.data.val, tracked.config.train, on_epoch)
+        finally:
+            tracked.close()
+        values = _conclude(site, trial, tracked, result)
     except (Exception, KeyboardInterrupt) as raised:
         error = raised
     _end(site, trial, run_id, values, error)
@@ -159,9 +182,16 @@ def _end(
         reason = "interrupted"
     elif error is not None:
         reason = f"{type(error).__name__}: {error}"
-    if reason:
-        trial.set_user_attr("reason", reason[:1000])
-    site.study.tell(trial, values if state == TrialState.COMPLETE else None, state=state)
+    try:
+        if reason:
+            trial.set_user_attr("reason", reason[:1000])
+        site.study.tell(trial, values if state == TrialState.COMPLETE else None, state=state)
+    except UpdateFinishedTrialError:  # failed as stale while it ran (the storage was away longer than the grace)
+        state, values, reason = TrialState.FAIL, None, STALE_REASON
+        if run_id:
+            runs.end_run(site.mlflow_client, run_id, runs.FAILED, reason)
+    finally:
+        site.heartbeats.release(trial._trial_id)
     if run_id:
         runs.set_tag(site.mlflow_client, run_id, names.TRIAL_STATE_TAG, state.name)
     _report_progress(site, trial.number, state, values, reason)
@@ -195,41 +225,39 @@ def _run_round(site: Worksite, trials: list[optuna.Trial]) -> None:
     on. Ctrl-C stops the round: every trial of it ends KILLED and FAIL.
     """
     entries = [_Entry(trial) for trial in trials]
-    with ExitStack() as beats:
-        try:
-            for entry in entries:
-                beats.enter_context(get_heartbeat_thread(entry.trial._trial_id, site.storage))
-                try:
-                    entry.run_id = _start_run(site, entry.trial)
-                    entry.tracked = _tracked_run(site, entry.trial, entry.run_id)
-                except Exception as error:
-                    entry.error = error
-            for group in _groups([entry for entry in entries if entry.error is None]):
-                _train_group(site, group)
-        except KeyboardInterrupt as stopped:
-            for entry in entries:
-                entry.error = entry.error or stopped
-        finally:
-            for entry in entries:
-                if entry.tracked is not None:
-                    entry.tracked.close()
-        interrupt: KeyboardInterrupt | None = None
+    try:
         for entry in entries:
-            values = None
-            if entry.error is None and interrupt is not None:
-                entry.error = interrupt  # Ctrl-C while an earlier trial of the round was measured
-            elif entry.error is None:
-                try:
-                    assert entry.tracked is not None and entry.result is not None
-                    values = _conclude(site, entry.trial, entry.tracked, entry.result)
-                except KeyboardInterrupt as stop:
-                    interrupt = entry.error = stop
-                except Exception as error:
-                    entry.error = error
             try:
-                _end(site, entry.trial, entry.run_id, values, entry.error)
-            except KeyboardInterrupt:
-                continue  # the round's other trials end too; the interrupt is raised again below
+                entry.run_id = _start_run(site, entry.trial)
+                entry.tracked = _tracked_run(site, entry.trial, entry.run_id)
+            except Exception as error:
+                entry.error = error
+        for group in _groups([entry for entry in entries if entry.error is None]):
+            _train_group(site, group)
+    except KeyboardInterrupt as stopped:
+        for entry in entries:
+            entry.error = entry.error or stopped
+    finally:
+        for entry in entries:
+            if entry.tracked is not None:
+                entry.tracked.close()
+    interrupt: KeyboardInterrupt | None = None
+    for entry in entries:
+        values = None
+        if entry.error is None and interrupt is not None:
+            entry.error = interrupt  # Ctrl-C while an earlier trial of the round was measured
+        elif entry.error is None:
+            try:
+                assert entry.tracked is not None and entry.result is not None
+                values = _conclude(site, entry.trial, entry.tracked, entry.result)
+            except KeyboardInterrupt as stop:
+                interrupt = entry.error = stop
+            except Exception as error:
+                entry.error = error
+        try:
+            _end(site, entry.trial, entry.run_id, values, entry.error)
+        except KeyboardInterrupt:
+            continue  # the round's other trials end too; the interrupt is raised again below
     if any(isinstance(entry.error, KeyboardInterrupt) for entry in entries):
         _stop_others(site)
 
