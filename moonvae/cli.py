@@ -281,7 +281,7 @@ def tune(
             click.echo(f"workers: {runner.describe(workers)}")
         try:
             results = search.run(plan, runs.client(), entry_run_id=os.environ.get("MLFLOW_RUN_ID"))
-        except (trials.TooManyFailures, executor.WorkerLost, asking.WaitedTooLong) as error:
+        except (trials.TooManyFailures, executor.WorkerLost, asking.WaitedTooLong, studies.StorageLost) as error:
             fail(str(error), code=1)
         except ConfigError as error:  # a worker that does not see the study's services
             fail(str(error))

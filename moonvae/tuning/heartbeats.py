@@ -39,8 +39,12 @@ from moonvae.tuning.executor import first_line
 # Read from the environment too, since workers run in other processes (tests shorten them to seconds).
 HEARTBEAT_SECONDS = int(os.environ.get("MOONVAE_HEARTBEAT_SECONDS", "30"))
 GRACE_SECONDS = int(os.environ.get("MOONVAE_GRACE_SECONDS", "120"))  # no heartbeat for this long: a dead worker
-STALE_REASON = f"its worker stopped (no heartbeat for {GRACE_SECONDS} s)"  # why a stale trial failed
 CONNECT_EVERY_SECONDS = 1.0  # between attempts to reach a storage server that went away
+
+
+def stale_reason() -> str:
+    """Why a stale trial failed, as its run and the console say it."""
+    return f"its worker stopped (no heartbeat for {GRACE_SECONDS} s)"
 
 
 class Beat(NamedTuple):
@@ -67,8 +71,28 @@ class Storage(RDBStorage):
             grace_period=GRACE_SECONDS,
             heartbeat_stale_trial_callback=on_stale_trial,
         )
+        self._away = False  # the server refused for longer than GRACE_SECONDS, and has not answered since
         if server:  # after opening: a wrong address still fails at once
-            event.listen(self.engine, "do_connect", _wait_for_server)
+            event.listen(self.engine, "do_connect", self._connect)
+
+    def _connect(self, dialect: Any, record: Any, cargs: tuple[Any, ...], cparams: dict[str, Any]) -> Any:
+        """SQLAlchemy's do_connect hook: a server that refuses is retried for up to GRACE_SECONDS, once an outage.
+
+        Once a wait has run out, the next connections try once until one succeeds: a worker
+        whose storage is gone stops in seconds, not a grace period per call.
+        """
+        deadline = time.monotonic() + (0 if self._away else GRACE_SECONDS)
+        while True:
+            try:
+                connection = dialect.connect(*cargs, **cparams)
+            except dialect.loaded_dbapi.OperationalError:
+                if time.monotonic() >= deadline:
+                    self._away = True
+                    raise
+                time.sleep(CONNECT_EVERY_SECONDS)
+            else:
+                self._away = False
+                return connection
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         for trial_id in self._uncovered(study_id):
@@ -100,18 +124,6 @@ class Storage(RDBStorage):
             trial_id: Beat(number, beat, None if beat is None else (now - beat).total_seconds())
             for trial_id, number, beat in rows
         }
-
-
-def _wait_for_server(dialect: Any, record: Any, cargs: tuple[Any, ...], cparams: dict[str, Any]) -> Any:
-    """SQLAlchemy's do_connect hook: connect, retrying a server that refuses for up to GRACE_SECONDS."""
-    deadline = time.monotonic() + GRACE_SECONDS
-    while True:
-        try:
-            return dialect.connect(*cargs, **cparams)
-        except dialect.loaded_dbapi.OperationalError:
-            if time.monotonic() >= deadline:
-                raise
-            time.sleep(CONNECT_EVERY_SECONDS)
 
 
 class Heartbeats:

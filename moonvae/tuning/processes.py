@@ -74,10 +74,15 @@ def _polling(watcher: Watcher) -> Iterator[None]:
     poller.start()
     try:
         yield
-    finally:
+    except BaseException:
         finished.set()
         poller.join()
-        watcher.poll()
+        with suppress(Exception):  # the worker's error says more (a lost storage fails both)
+            watcher.poll()
+        raise
+    finished.set()
+    poller.join()
+    watcher.poll()
 
 
 @dataclass

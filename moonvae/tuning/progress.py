@@ -15,7 +15,7 @@ from tqdm import tqdm
 from moonvae.tracking import runs
 from moonvae.tracking.runs import Client
 from moonvae.tuning import results, studies
-from moonvae.tuning.heartbeats import STALE_REASON
+from moonvae.tuning.heartbeats import stale_reason
 from moonvae.tuning.studies import WORKER_ATTR
 
 
@@ -74,6 +74,6 @@ def trial_line(study_name: str, trial: FrozenTrial, objectives: tuple[str, ...] 
     if trial.state == TrialState.COMPLETE and trial.values:
         outcome = results.values_text(objectives, trial.values)
     else:
-        outcome = trial.user_attrs.get("reason", STALE_REASON)
+        outcome = trial.user_attrs.get("reason", stale_reason())
     seconds = (trial.datetime_complete - trial.datetime_start).total_seconds() if trial.datetime_start else 0.0
     return f"{study_name} trial-{trial.number:03d} {trial.state.name.lower()}: {outcome} ({seconds:.1f} s)"

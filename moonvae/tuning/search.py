@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
+import sqlalchemy
 from optuna.exceptions import ExperimentalWarning
 from optuna.storages import RDBStorage
 
@@ -352,5 +353,8 @@ def work(order: Order, worker: int, signalled: threading.Event) -> None:
         worker=who,
         signalled=signalled,
     )
-    with heartbeats, one_torch_thread():
-        trials.work(site)
+    try:
+        with heartbeats, one_torch_thread():
+            trials.work(site)
+    except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.OperationalError) as error:
+        raise studies.lost(storage_url, error) from None

@@ -104,6 +104,16 @@ def open_storage(url: str, on_stale_trial: Callable[[optuna.Study, FrozenTrial],
     raise AssertionError("unreachable")
 
 
+class StorageLost(RuntimeError):
+    """The study's storage stopped answering for longer than a worker waits for it (the grace period)."""
+
+
+def lost(url: str, error: Exception) -> StorageLost:
+    """A storage error as one line: Optuna wraps the database's own error, whose words say more."""
+    cause = error.__cause__ if isinstance(error, optuna.exceptions.StorageInternalError) and error.__cause__ else error
+    return StorageLost(f"lost the study's storage {redact(url)}: {first_line(cause)}")
+
+
 @dataclass
 class Target:
     """One study a call works on, and what it must be."""

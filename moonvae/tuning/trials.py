@@ -33,7 +33,7 @@ from moonvae.tracking.runs import Client
 from moonvae.tuning import asking, results, spaces
 from moonvae.tuning.asking import Worksite
 from moonvae.tuning.executor import first_line
-from moonvae.tuning.heartbeats import STALE_REASON
+from moonvae.tuning.heartbeats import stale_reason
 from moonvae.tuning.studies import MODEL_ID_ATTR, RUN_ID_ATTR, SOURCE_ATTR, WORKER_ATTR
 
 REPORT_EVERY = 10  # epochs between reports to the pruner: each report is a storage write (~4 ms on sqlite)
@@ -63,7 +63,7 @@ def on_stale_trial(study: optuna.Study, trial: FrozenTrial) -> None:
 
 
 def _end_stale_run(mlflow_client: Client, run_id: str) -> None:
-    if runs.end_if_running(mlflow_client, run_id, runs.FAILED, STALE_REASON):
+    if runs.end_if_running(mlflow_client, run_id, runs.FAILED, stale_reason()):
         runs.set_tag(mlflow_client, run_id, names.TRIAL_STATE_TAG, TrialState.FAIL.name)
 
 
@@ -187,7 +187,7 @@ def _end(
             trial.set_user_attr("reason", reason[:1000])
         site.study.tell(trial, values if state == TrialState.COMPLETE else None, state=state)
     except UpdateFinishedTrialError:  # failed as stale while it ran (the storage was away longer than the grace)
-        state, values, reason = TrialState.FAIL, None, STALE_REASON
+        state, values, reason = TrialState.FAIL, None, stale_reason()
         if run_id:
             runs.end_run(site.mlflow_client, run_id, runs.FAILED, reason)
     finally:
@@ -242,6 +242,7 @@ def _run_round(site: Worksite, trials: list[optuna.Trial]) -> None:
             if entry.tracked is not None:
                 entry.tracked.close()
     interrupt: KeyboardInterrupt | None = None
+    lost: Exception | None = None  # the storage or tracking server lost while ending a trial: raised once all ended
     for entry in entries:
         values = None
         if entry.error is None and interrupt is not None:
@@ -258,6 +259,10 @@ def _run_round(site: Worksite, trials: list[optuna.Trial]) -> None:
             _end(site, entry.trial, entry.run_id, values, entry.error)
         except KeyboardInterrupt:
             continue  # the round's other trials end too; the interrupt is raised again below
+        except Exception as error:
+            lost = lost or error  # the other trials' runs are ended all the same
+    if lost is not None:
+        raise lost
     if any(isinstance(entry.error, KeyboardInterrupt) for entry in entries):
         _stop_others(site)
 
