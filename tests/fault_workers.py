@@ -1,4 +1,10 @@
-"""A study worker that SIGKILLs itself once, at a chosen instant of its first round: the fault suite's victim.
+"""A study whose worker SIGKILLs itself once, at a chosen instant of its first round: the fault suite's victim.
+
+Run as `python tests/fault_workers.py INSTANT FOLDER STORAGE STUDY [RAY_ADDRESS]` (test_faults.py
+does, with the tracking URI and short heartbeats in the environment): the study of
+N_TRIALS trials, two workers of rounds of K, on this machine's processes or on Ray,
+whose worker 0 dies at INSTANT. A process of its own, so Ray's driver state never
+lives in pytest's.
 
 The tuner's own worker (search.work) in every respect, but in the victim (worker 0) a
 few of moonvae's functions are wrapped so that the process kills itself, as the
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 INSTANTS = ("asked", "creating runs", "training", "logging")
+N_TRIALS, K, EPOCHS = 16, 8, 10
+FIXED = {"n_samples": 200, "max_epochs": EPOCHS, "patience": EPOCHS}  # no early stop: every finished run has EPOCHS
 VICTIM = 0
 ROUND_SECONDS = 600  # the other worker's longest wait for the victim's round
 
@@ -121,3 +130,27 @@ def _armed(instant: str, folder: Path, max_epochs: int, round_size: int) -> Iter
     finally:  # Ray reuses a worker process for later tasks
         for owner, name, original in reversed(patched):
             setattr(owner, name, original)
+
+
+def main() -> None:
+    import fault_workers  # this module by its name, as the workers import it (not as __main__)
+
+    from moonvae.tracking import runs
+    from moonvae.tuning import cluster, search
+
+    instant, folder, storage, name, *address = sys.argv[1:]
+    with cluster.connect(address[0] if address else None) as runner:
+        if address:
+            from ray import cloudpickle
+
+            cloudpickle.register_pickle_by_value(fault_workers)  # the cluster has no checkout of the tests
+        search.work = fault_workers.KillAt(instant, folder)
+        plan = search.plan(
+            "vae", "probabilistic", N_TRIALS, study_base=name, storage=storage, fixed=FIXED, workers=2,
+            trials_at_once=K, runner=runner,
+        )  # fmt: skip
+        search.run(plan, runs.client())
+
+
+if __name__ == "__main__":
+    main()

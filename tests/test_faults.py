@@ -10,7 +10,6 @@ fault, how long recovery took, what it cost), which `pytest -s` shows.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -20,19 +19,16 @@ from pathlib import Path
 import optuna
 import pytest
 from conftest import subprocess_env
-from fault_workers import INSTANTS, KillAt
+from fault_workers import EPOCHS, FIXED, INSTANTS, N_TRIALS, K
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
+from services import RAY_NO_AUTH
 
 from moonvae import metrics
-from moonvae.tracking import runs
-from moonvae.tuning import asking, cluster, heartbeats, search, studies
-from moonvae.tuning.processes import Local
+from moonvae.tuning import studies
 
 pytestmark = pytest.mark.slow
 
-N_TRIALS, K, EPOCHS = 16, 8, 10
-FIXED = {"n_samples": 200, "max_epochs": EPOCHS, "patience": EPOCHS}  # no early stop: every finished run has EPOCHS
 SHORT = {"MOONVAE_HEARTBEAT_SECONDS": "1", "MOONVAE_GRACE_SECONDS": "5"}
 OUTAGE_SECONDS = 30  # the tracking server's
 TUNE_SECONDS = 900  # the longest a faulted `tune` may take on a busy CI runner
@@ -47,27 +43,19 @@ def server(tmp_path_factory):
         yield url
 
 
-@pytest.fixture
-def short_heartbeats(monkeypatch):
-    """Heartbeats every second, stale after 5 s: here, in worker processes and (forwarded) in Ray tasks."""
-    for key, value in SHORT.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setattr(heartbeats, "HEARTBEAT_SECONDS", int(SHORT["MOONVAE_HEARTBEAT_SECONDS"]))
-    monkeypatch.setattr(heartbeats, "GRACE_SECONDS", int(SHORT["MOONVAE_GRACE_SECONDS"]))
-    monkeypatch.setattr(asking, "WAIT_LIMIT_SECONDS", 2 * heartbeats.GRACE_SECONDS)
-
-
-def run_killed_study(name: str, instant: str, folder: Path, storage: str, runner, monkeypatch) -> optuna.Study:
-    """A study of two workers, K trials a round each, whose worker 0 kills itself at `instant`."""
-    folder.mkdir()
-    monkeypatch.setattr(search, "work", KillAt(instant, str(folder)))
-    plan = search.plan(
-        "vae", "probabilistic", N_TRIALS, study_base=name, storage=storage, fixed=FIXED, workers=2,
-        trials_at_once=K, runner=runner,
-    )  # fmt: skip
-    search.run(plan, runs.client())
-    assert (folder / "killed").exists()  # the fault happened
-    return plan.studies[name]
+def run_killed_study(
+    name: str, instant: str, folder: Path, storage: str, tracking_uri: str, *ray_address: str
+) -> optuna.Study:
+    """tests/fault_workers.py: two workers, K trials a round each, whose worker 0 kills itself at `instant`."""
+    (folder / "marks").mkdir()
+    env = subprocess_env(folder) | {"MLFLOW_TRACKING_URI": tracking_uri} | SHORT | RAY_NO_AUTH
+    command = [sys.executable, str(Path(__file__).parent / "fault_workers.py"), instant, str(folder / "marks")]
+    command += [storage, name, *ray_address]
+    with (folder / "tune.log").open("w") as log:
+        done = subprocess.run(command, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=TUNE_SECONDS)
+    assert done.returncode == 0, (folder / "tune.log").read_text()[-3000:]
+    assert (folder / "marks" / "killed").exists()  # the fault happened
+    return optuna.load_study(study_name=name, storage=storage)
 
 
 def check(study: optuna.Study, client: MlflowClient) -> list[optuna.trial.FrozenTrial]:
@@ -107,12 +95,11 @@ def report_kill(label: str, study: optuna.Study, failed: list[optuna.trial.Froze
 
 @pytest.mark.parametrize("instant", INSTANTS)
 def test_a_worker_process_killed_at_any_instant_leaves_nothing_that_blocks_the_study(
-    workdir, monkeypatch, postgres, server, short_heartbeats, instant
+    workdir, postgres, server, instant
 ):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
-    storage = postgres.database(f"local_{instant.replace(' ', '_')}")
     name = f"local-{instant.replace(' ', '-')}"
-    study = run_killed_study(name, instant, workdir / "marks", storage, Local(), monkeypatch)
+    storage = postgres.database(name.replace("-", "_"))
+    study = run_killed_study(name, instant, workdir, storage, server)
     failed = check(study, MlflowClient(server))
     assert failed  # the victim's round, failed by heartbeat
     report_kill(f"worker process SIGKILLed ({instant}, K={K})", study, failed, workdir / "marks")
@@ -121,25 +108,14 @@ def test_a_worker_process_killed_at_any_instant_leaves_nothing_that_blocks_the_s
 @pytest.mark.ray
 @pytest.mark.parametrize("instant", INSTANTS)
 def test_a_ray_worker_killed_at_any_instant_leaves_nothing_that_blocks_the_study(
-    workdir, monkeypatch, postgres, server, ray_cluster, short_heartbeats, instant
+    workdir, postgres, server, ray_cluster, instant
 ):
-    import fault_workers
-    from ray import cloudpickle
-    from services import RAY_NO_AUTH
-
-    for key, value in RAY_NO_AUTH.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
-    storage = postgres.database(f"ray_{instant.replace(' ', '_')}")
-    cloudpickle.register_pickle_by_value(fault_workers)  # the cluster has no checkout of the tests
-    try:
-        with cluster.connect(ray_cluster.address) as runner:
-            name = f"ray-{instant.replace(' ', '-')}"
-            study = run_killed_study(name, instant, workdir / "marks", storage, runner, monkeypatch)
-    finally:
-        cloudpickle.unregister_pickle_by_value(fault_workers)
+    name = f"ray-{instant.replace(' ', '-')}"
+    storage = postgres.database(name.replace("-", "_"))
+    study = run_killed_study(name, instant, workdir, storage, server, ray_cluster.address)
     failed = check(study, MlflowClient(server))
-    assert failed and {trial.user_attrs.get("moonvae.worker", {}).get("pid") for trial in study.trials} - {os.getpid()}
+    pids = {trial.user_attrs["moonvae.worker"]["pid"] for trial in study.trials if "moonvae.worker" in trial.user_attrs}
+    assert failed and ray_cluster.tasks("study_worker") == [] and len(pids) >= 2  # Ray's processes, done now
     report_kill(f"Ray task's process SIGKILLed ({instant}, K={K})", study, failed, workdir / "marks")
 
 
