@@ -1,8 +1,12 @@
 """`moonvae analyse` end to end: registered models and studies in, one `analyse` run and report.html out."""
 
+import html
 import re
 from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
 
+import designed
 import nbclient
 import nbformat
 import pandas as pd
@@ -11,14 +15,17 @@ from browser import dump_dom
 from conftest import ROOT, mlflow_run, moonvae
 from mlflow.tracking import MlflowClient
 from studies import write_studies
-from trained import tracking_store
+from trained import tracking_store, train_and_register
 
-from moonvae.analysis import analyse
-from moonvae.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from moonvae.analysis import aliases, analyse, figures
+from moonvae.analysis.verdicts import INCONCLUSIVE, REFUTED, REPRODUCED
+from moonvae.config import MODELS, DataConfig, ModelConfig, RunConfig, SpaceName, TrainConfig
 from moonvae.core.train import evaluate
-from moonvae.tracking import registry, runs
+from moonvae.sampling import quality
+from moonvae.tracking import names, registry, runs
 from moonvae.tracking.experiment import run_training
 from moonvae.tuning import studies
+from moonvae.tuning.tables import StudyTable
 
 # the reconstruction metrics, each source's sample quality, and the registered aliases' sources
 EXPECTED_METRICS = {
@@ -33,7 +40,7 @@ EXPECTED_METRICS = {
 
 @pytest.fixture(scope="module")
 def registered(tmp_path_factory):
-    """A tracking store with small registered champions of both kinds and the six studies beside it."""
+    """A tracking store with small registered champions of both kinds, and the six studies and the findings' seven."""
     root = tmp_path_factory.mktemp("registry")
     with tracking_store(root) as client:
         run_ids = {}
@@ -49,6 +56,7 @@ def registered(tmp_path_factory):
             run_ids[kind] = run_id
         registry.set_alias(client, "moonvae-cvae", "generator", version)  # one version, two aliases
         write_studies(f"sqlite:///{root / 'optuna.db'}")
+        designed.write(f"sqlite:///{root / 'optuna.db'}", designed.agreeing())  # every finding holds
     return root, run_ids
 
 
@@ -87,9 +95,10 @@ def test_analyse_logs_metrics_findings_and_a_report_that_renders(registered):
     assert table.loc[0, "mmd_ratio"] < 2 and abs(table.loc[0, "c2st"] - 0.5) < 0.03  # what ideal scores
     assert (table.groupby("model")["default"].count().drop("exact sampler") == 1).all()  # one default per model
     assert "studies read: moonvae-cvae-basic (cvae basic, 40 complete trials), moonvae-cvae-data" in done.stdout
-    verdicts = re.findall(r"finding (\d): ([a-z ]+)", done.stdout)
-    assert [number for number, _ in verdicts] == [str(n) for n in range(1, 10)]
-    assert all(verdict != "not enough data" for _, verdict in verdicts)
+    verdicts = dict(re.findall(r"finding (\d): ([a-z]+)", done.stdout))
+    assert list(verdicts) == [str(n) for n in range(1, 10)]
+    assert [verdicts[str(n)] for n in range(1, 9)] == [REPRODUCED] * 8  # read from the studies the rules need
+    assert verdicts["9"] in (REPRODUCED, REFUTED, INCONCLUSIVE)  # the small champions' latents: either way
 
     report = root / "out" / "report.html"
     document = report.read_text()
@@ -220,3 +229,161 @@ def test_trials_take_metrics_from_their_runs_and_train_mse_from_their_models(wor
     assert trials.loc[0, "train_mse"] == pytest.approx(evaluate(outcome.network, outcome.data.train).mse.item())
     assert trials.loc[0, "mlflow_run_id"] == run_id  # ids stay strings
     assert trials[["test_mse", "train_mse"]].iloc[1].isna().all()
+
+
+# --- `analyse()` in process on small models and small studies: the default test run covers it -------------------
+
+SMALL = RunConfig(
+    DataConfig(n_samples=400), ModelConfig(latent_dim=8, decoder_hidden=(32,)), TrainConfig(max_epochs=15)
+)
+FEW_SETS = 2  # sample sets per source, for the full protocol's 16: the same code in an eighth of the draws
+
+
+def small(kind: str) -> RunConfig:
+    return replace(SMALL, model=replace(SMALL.model, model=kind))
+
+
+def few_data_trials(table: StudyTable) -> StudyTable:
+    """The data grid at noise 0 to 0.1 and two seeds (18 trials): enough for findings 6 and 7."""
+    trials = table.trials
+    return StudyTable(trials[(trials["noise"] <= 0.1) & (trials["seed"] <= 2)].reset_index(drop=True))
+
+
+@pytest.fixture(scope="module")
+def analysed(tmp_path_factory):
+    """One `analyse` run, in process, over small champions of both kinds, each also @generator, and the two
+    models' data studies, at 200 points and FEW_SETS sets."""
+    root = tmp_path_factory.mktemp("analysed")
+    storage = f"sqlite:///{root / 'optuna.db'}"
+    with tracking_store(root) as client:
+        trained = {kind: train_and_register(client, small(kind), names.model_name(kind))[0] for kind in MODELS}
+        for kind in MODELS:
+            registry.set_alias(client, names.model_name(kind), names.GENERATOR, "1")
+        tables = designed.agreeing()
+        designed.write(storage, {key: few_data_trials(tables[key]) for key in tables if key[1] == SpaceName.DATA_SEEDS})
+        subjects = analyse.load_subjects({"vae": trained["vae"], "cvae": names.model_uri("cvae")})
+        with runs.run(client, "analyse") as run_id, pytest.MonkeyPatch.context() as patch:
+            patch.setattr(quality, "FULL_SETS", FEW_SETS)
+            result = analyse.analyse(
+                subjects, root / "out" / "report.html", mlflow_client=client, run_id=run_id, storage=storage, n_eval=200
+            )
+        yield SimpleNamespace(
+            root=root, client=client, run=client.get_run(run_id), result=result, trained=trained, subjects=subjects
+        )
+
+
+def test_analyse_logs_metrics_params_and_tags(analysed):
+    run, values = analysed.run, analysed.run.data.metrics
+    assert run.info.status == "FINISHED"
+    assert set(values) >= EXPECTED_METRICS and values == analysed.result.metrics
+    for kind, run_id in analysed.trained.items():  # the champions' test error, recomputed from the loaded model
+        assert values[f"{kind}_test_mse"] == pytest.approx(analysed.client.get_run(run_id).data.metrics["test_mse"])
+        assert run.data.tags[names.run_id_tag(kind)] == run_id
+    # one version under two aliases is judged once: it is the analysed model, its scores reused
+    for key in ("mixture_mmd_ratio", "posterior_c2st", "prior_copying", "mixture_on_moon"):
+        kind = "cvae" if key.endswith("on_moon") else "vae"
+        assert values[f"{kind}_generator_{key}"] == values[f"{kind}_champion_{key}"] == values[f"{kind}_{key}"]
+    assert run.data.params == {"vae": analysed.trained["vae"], "cvae": "models:/moonvae-cvae@champion",
+                               "n_eval": "200", "seed": "0"}  # fmt: skip
+    assert run.data.tags[names.STUDIES_TAG] == "designed-cvae-data-seeds,designed-vae-data-seeds"
+
+
+def test_analyse_judges_the_findings_of_the_studies_it_finds(analysed):
+    verdicts = {finding.number: finding.verdict for finding in analysed.result.findings}
+    assert verdicts == {n: REPRODUCED if n in (6, 7) else INCONCLUSIVE for n in range(1, 9)} | {9: verdicts[9]}
+    assert "no vae importance study" in analysed.result.findings[0].evidence
+    assert analysed.result.studies.cited() == (
+        "designed-cvae-data-seeds (cvae data-seeds, 18 complete trials), "
+        "designed-vae-data-seeds (vae data-seeds, 18 complete trials)"
+    )
+
+
+def test_analyse_writes_the_report_and_logs_it_with_its_tables(analysed):
+    client, run_id = analysed.client, analysed.run.info.run_id
+    assert {a.path for a in client.list_artifacts(run_id)} == {
+        "report.html",
+        "findings.csv",
+        "metrics.csv",
+        "sources.csv",
+    }
+
+    def artifact(name):
+        return client.download_artifacts(run_id, name, str(analysed.root / "downloaded"))
+
+    document = (analysed.root / "out" / "report.html").read_text()
+    assert Path(artifact("report.html")).read_text() == document
+    assert f'data-expected="{len(analysed.result.figures)}"' in document
+    for title in [figure.title for figure in analysed.result.figures] + ["Metrics", "The study's findings, checked"]:
+        assert f"<h2>{html.escape(title)}</h2>" in document
+    assert "Studies read: designed-cvae-data-seeds (cvae data-seeds, 18 complete trials)" in document
+    found = pd.read_csv(artifact("findings.csv"))
+    assert found["#"].tolist() == list(range(1, 10))
+    assert found["verdict"].tolist() == [finding.verdict for finding in analysed.result.findings]
+    sources = pd.read_csv(artifact("sources.csv"))
+    models = ["exact sampler"] + ["vae@champion,generator"] * 3 + ["cvae@champion,generator"] * 3
+    assert sources["model"].tolist() == models
+    assert (sources.groupby("model")["default"].count().drop("exact sampler") == 1).all()  # one default per model
+    logged = pd.read_csv(artifact("metrics.csv"))
+    assert dict(zip(logged["metric"], logged["value"], strict=True)) == pytest.approx(analysed.run.data.metrics)
+
+
+def test_analyse_draws_each_figure_with_its_panels_and_traces(analysed):
+    drawn = {figure.title: figure.figure for figure in analysed.result.figures}
+    assert list(drawn) == [
+        "The data across sizes and noise",
+        "VAE: data, reconstructions and samples",
+        "VAE: latent traversals in data space",
+        "CVAE: data, reconstructions and samples",
+        "CVAE: latent traversals in data space",
+        "Latent space (UMAP of the training latents)",
+        "Latent traversals in UMAP space",
+        "Training curves",
+        "Sample quality by source: MMD ratio",
+        "vae@champion,generator: samples by source",
+        "cvae@champion,generator: samples by source",
+        "Best validation MSE across noise and size (data studies)",
+    ]
+
+    def panels(title):
+        return [annotation.text for annotation in drawn[title].layout.annotations]
+
+    def points(title, name=None):
+        return sum(len(trace.x) for trace in drawn[title].data if name is None or trace.name == name)
+
+    assert panels("VAE: data, reconstructions and samples") == [
+        "fresh data", "reconstruction", "prior samples", "aggregate-posterior samples"
+    ]  # fmt: skip
+    assert points("VAE: data, reconstructions and samples") == 4 * 200  # n_eval points in each panel
+    # the latent traversals: every one of the 8 dimensions, once per label the model is decoded with
+    assert panels("VAE: latent traversals in data space") == ["decoded"]
+    assert panels("CVAE: latent traversals in data space") == ["decoded with label 0", "decoded with label 1"]
+    paths = [trace for trace in drawn["CVAE: latent traversals in data space"].data if trace.mode == "lines+markers"]
+    assert len(paths) == 2 * 8 and {len(path.x) for path in paths} == {figures.TRAVERSAL_STEPS}
+    train = sum(len(subject.data.train) for subject in analysed.subjects)
+    assert panels("Latent space (UMAP of the training latents)") == ["VAE", "CVAE"]
+    assert points("Latent space (UMAP of the training latents)") == train
+    assert len(drawn["Latent traversals in UMAP space"].data) == 2 * (2 + 8)
+    assert panels("Training curves") == ["train_loss", "val_kl", "val_mse"]
+    assert len(drawn["Training curves"].data) == 3 * 2  # each metric of both champions' runs
+    bars = drawn["Sample quality by source: MMD ratio"].data
+    assert sorted(bar.name for bar in bars) == ["mixture", "posterior", "prior"]
+    assert all(list(bar.x) == ["vae@champion,generator", "cvae@champion,generator"] for bar in bars)
+    shown = panels("cvae@champion,generator: samples by source")
+    assert shown[0] == "exact draws" and sorted(shown[1:]) == ["mixture", "posterior", "prior"]
+    assert points("cvae@champion,generator: samples by source") == 4 * aliases.FIGURE_POINTS
+    assert panels("Best validation MSE across noise and size (data studies)") == [
+        "designed-vae-data-seeds", "designed-cvae-data-seeds"
+    ]  # fmt: skip
+    heatmap = drawn["Best validation MSE across noise and size (data studies)"].data[0]
+    assert list(heatmap.x) == ["0.0", "0.05", "0.1"] and list(heatmap.y) == ["200", "2000", "20000"]
+
+
+def test_a_registered_model_judged_afresh_scores_as_analyse_logged_it(analysed):
+    """analyse reuses the analysed champion's judgement for its aliases; judging the registered model anew, with the
+    same seed, gives the same numbers."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(quality, "FULL_SETS", FEW_SETS)
+        (entry,) = aliases.registered(analysed.client, ["cvae"], seed=0, cache_dir=analysed.root / "data")
+    assert entry.label == "cvae@champion,generator" and entry.run_id == analysed.trained["cvae"]
+    logged = {key: value for key, value in analysed.run.data.metrics.items() if key.startswith("cvae_champion_")}
+    assert {key: value for key, value in aliases.alias_metrics([entry]).items() if "_champion_" in key} == logged

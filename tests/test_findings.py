@@ -1,142 +1,37 @@
 """Each finding's rule on synthetic trial tables whose answer is known: reproduced, refuted, and inconclusive."""
 
-import itertools
 import math
 import re
 from types import SimpleNamespace
 
 import numpy as np
-import pandas as pd
 import pytest
+from designed import agreeing, capacity, data_grid, importance, probabilistic
 
 from moonvae.analysis import findings, intervals
-from moonvae.analysis.findings import (
-    CAPACITY,
-    DATA,
-    IMPORTANCE,
-    INCONCLUSIVE,
-    PROBABILISTIC,
-    REFUTED,
-    REPRODUCED,
-    judge,
-)
+from moonvae.analysis.verdicts import INCONCLUSIVE, REFUTED, REPRODUCED, Finding, verdict
+from moonvae.config import SpaceName
 from moonvae.tuning import tables
 from moonvae.tuning.tables import StudyTable
-
-WIDTHS = (2, 4, 8, 16, 32, 64, 128)
-GRID_WIDTHS = (2, 4, 8, 32, 128)
-SIZES, NOISES = (200, 2000, 20000), (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
-EPS_W, BETAS = (0.001, 0.01, 0.1, 0.3, 1.0), (0.1, 1.0, 10.0, 100.0)
-SEEDS = (1, 2, 3)
-
-
-def importance(seed: int, n: int = 150, lr: float = 0.0, spread: float = 0.3, noise: float = 0.05) -> StudyTable:
-    """Random search: log10 MSE falls by `spread` per doubling of min(decoder, latent), rises with |log10 lr + 2.5|."""
-    rng = np.random.default_rng(seed)
-    trials = pd.DataFrame(
-        {
-            "lr": 10 ** rng.uniform(-4, -1, n),
-            "batch_size": rng.choice([32, 64, 128, 256], n),
-            "encoder_hidden": rng.choice(WIDTHS, n),
-            "latent_dim": rng.choice(WIDTHS, n),
-            "decoder_hidden": rng.choice(WIDTHS, n),
-        }
-    )
-    log_mse = -1 - spread * np.log2(np.minimum(trials["decoder_hidden"], trials["latent_dim"]))
-    log_mse += lr * np.abs(np.log10(trials["lr"]) + 2.5) + rng.normal(0, noise, n)
-    return StudyTable(trials.assign(value=10**log_mse), {"lr": 0.1, "decoder_hidden": 0.5})
-
-
-def capacity(
-    seed: int = 0, together: float = 1.0, encoder: float = 0.3, noise: float = 0.05, tiny_kept: float = 0.1
-) -> StudyTable:
-    """VAE grid: log10 MSE by min(decoder, latent) (`together` = 1) or their mean (0); encoders wider than 8 add
-    `encoder`;
-    the tiny networks (encoder and decoder <= 4) keep `tiny_kept` of the others' I(x;z), give or take `noise` x 4."""
-    rng = np.random.default_rng(seed)
-    trials = pd.DataFrame(
-        list(itertools.product(GRID_WIDTHS, GRID_WIDTHS, GRID_WIDTHS, SEEDS[:2])),
-        columns=["encoder_hidden", "decoder_hidden", "latent_dim", "seed"],
-    )
-    decoder, latent = np.log2(trials["decoder_hidden"]), np.log2(trials["latent_dim"])
-    log_mse = -1 - 0.4 * (together * np.minimum(decoder, latent) + (1 - together) * (decoder + latent) / 2)
-    log_mse += encoder * (trials["encoder_hidden"] > 8) + rng.normal(0, noise, len(trials))
-    tiny = ((trials["encoder_hidden"] <= 4) & (trials["decoder_hidden"] <= 4)).to_numpy()
-    information = np.where(tiny, 2.5 * tiny_kept, 2.5) + rng.normal(0, 4 * noise, len(trials))
-    active = np.where(tiny, 0, np.minimum(trials["latent_dim"], 3))
-    return StudyTable(trials.assign(value=10**log_mse, active_units=active, mutual_info=information))
-
-
-def data_grid(
-    seed: int,
-    size_effect: float = 0.02,
-    gap_shrinks: float = 0.2,
-    zero_penalty: float = 1.0,
-    noise: float = 0.02,
-    seeds: tuple[int, ...] = SEEDS,
-) -> StudyTable:
-    """n_samples x noise x seed: log10 MSE by the data noise (plus `size_effect` per decade of size, `zero_penalty`
-    at noise 0); the log10 test/train gap shrinks by `gap_shrinks` from the smallest size to the largest."""
-    rng = np.random.default_rng(seed)
-    trials = pd.DataFrame(list(itertools.product(SIZES, NOISES, seeds)), columns=["n_samples", "noise", "seed"])
-    size_decades = np.log10(trials["n_samples"]) - np.log10(200)
-    log_mse = 2 * np.log10(trials["noise"] + 0.05) + size_effect * size_decades
-    log_mse += zero_penalty * (trials["noise"] == 0) + rng.normal(0, noise, len(trials))
-    gap = gap_shrinks * (1 - size_decades / 2) + 0.01 + rng.normal(0, noise, len(trials))
-    test = 10**log_mse
-    return StudyTable(trials.assign(value=test, test_mse=test, train_mse=test / 10**gap))
-
-
-def probabilistic(seed: int, textbook_kept: float = 0.3, noise: float = 0.05) -> StudyTable:
-    """eps_w x beta x seed: log10 MSE and I(x;z) move with both; at eps_w = 1, beta = 1 the latent keeps
-    `textbook_kept` of the I(x;z) at eps_w = 0.1, beta = 1, give or take `noise` x 10."""
-    rng = np.random.default_rng(seed)
-    trials = pd.DataFrame(list(itertools.product(EPS_W, BETAS, SEEDS)), columns=["eps_w", "beta", "seed"])
-    pressure = np.log10(trials["eps_w"]) + np.log10(trials["beta"])
-    log_mse = -3 + 0.4 * np.log10(trials["eps_w"]) + 0.3 * np.log10(trials["beta"]) + rng.normal(0, noise, len(trials))
-    information = 6 * 10 ** (-0.5 * (pressure + 1))  # 6 nats at eps_w 0.1, beta 1
-    textbook = (trials["eps_w"] == 1.0) & (trials["beta"] == 1.0)
-    information = np.where(textbook, 6 * textbook_kept, information) + rng.normal(0, 10 * noise, len(trials))
-    active = np.where(pressure > 1, 0, 2)
-    return StudyTable(trials.assign(value=10**log_mse, active_units=active, mutual_info=information))
-
-
-def studies(**tables: StudyTable) -> dict[tuple[str, str], StudyTable]:
-    """Every study agreeing with the claims, unless replaced: keys like vae_capacity=..."""
-    agreeing = {
-        ("vae", IMPORTANCE): importance(1, spread=0.3),
-        ("cvae", IMPORTANCE): importance(2, spread=0.02),  # flat: reconstructs well everywhere
-        ("vae", CAPACITY): capacity(),
-        ("vae", DATA): data_grid(3),
-        ("cvae", DATA): data_grid(4),
-        ("vae", PROBABILISTIC): probabilistic(5),
-        ("cvae", PROBABILISTIC): probabilistic(6),
-    }
-    spaces = {"importance": IMPORTANCE, "capacity": CAPACITY, "data": DATA, "probabilistic": PROBABILISTIC}
-    for key, table in tables.items():
-        model, space = key.split("_", 1)
-        agreeing[(model, spaces[space])] = table
-    return agreeing
-
 
 SEPARATE = {"vae": [0.99, 0.98, 1.0, 0.99, 0.98], "cvae": [0.6, 0.62, 0.58, 0.61, 0.59]}
 
 
-def verdict(number: int, tables: dict, accuracy: dict = SEPARATE) -> findings.Finding:
+def checked(number: int, tables: dict, accuracy: dict = SEPARATE) -> Finding:
     return findings.all_findings(tables, accuracy)[number - 1]
 
 
-def test_judge_reads_only_the_interval():
-    assert judge(0.2, 0.4, 0.1) == REPRODUCED
-    assert judge(-0.3, 0.05, 0.1) == REFUTED
-    assert judge(0.05, 0.3, 0.1) == INCONCLUSIVE
-    assert judge(0.1, 0.2, 0.25, above=False) == REPRODUCED  # a claim that the effect is small
-    assert judge(0.3, 0.5, 0.25, above=False) == REFUTED
-    assert judge(math.nan, math.nan, 0.0) == INCONCLUSIVE
+def test_a_verdict_reads_only_the_interval():
+    assert verdict(0.2, 0.4, 0.1) == REPRODUCED
+    assert verdict(-0.3, 0.05, 0.1) == REFUTED
+    assert verdict(0.05, 0.3, 0.1) == INCONCLUSIVE
+    assert verdict(0.1, 0.2, 0.25, above=False) == REPRODUCED  # a claim that the effect is small
+    assert verdict(0.3, 0.5, 0.25, above=False) == REFUTED
+    assert verdict(math.nan, math.nan, 0.0) == INCONCLUSIVE
 
 
 def test_every_finding_reproduced_when_the_studies_agree():
-    result = findings.all_findings(studies(), SEPARATE)
+    result = findings.all_findings(agreeing(), SEPARATE)
     assert {f.number: f.verdict for f in result} == dict.fromkeys(range(1, 10), REPRODUCED), [
         f.evidence for f in result
     ]
@@ -147,58 +42,67 @@ def test_every_finding_reproduced_when_the_studies_agree():
 @pytest.mark.parametrize(
     ("number", "tables", "expected"),
     [
-        (1, studies(vae_importance=importance(1, lr=1.0)), REFUTED),  # lr dominates the VAE's error
+        (1, agreeing(vae_importance=importance(1, lr=1.0)), REFUTED),  # lr dominates the VAE's error
         (
             1,
-            studies(
+            agreeing(
                 vae_importance=importance(1, lr=0.15, noise=1.5, n=40), cvae_importance=importance(2, n=40, noise=1.5)
             ),
             INCONCLUSIVE,
         ),
-        (2, studies(vae_capacity=capacity(together=0.0)), REFUTED),  # additive: each helps alone
-        (2, studies(vae_capacity=capacity(together=0.1, noise=1.0)), INCONCLUSIVE),
-        (3, studies(vae_capacity=capacity(encoder=-0.2)), REFUTED),
-        (3, studies(vae_capacity=capacity(encoder=0.05, noise=1.0)), INCONCLUSIVE),
-        (4, studies(vae_capacity=capacity(tiny_kept=0.9)), REFUTED),  # tiny networks keep what the others keep
-        (4, studies(vae_capacity=capacity(tiny_kept=0.5, noise=0.5)), INCONCLUSIVE),
-        (5, studies(cvae_importance=importance(2, spread=0.3), vae_importance=importance(1, spread=0.02)), REFUTED),
+        (2, agreeing(vae_capacity=capacity(together=0.0)), REFUTED),  # additive: each helps alone
+        (2, agreeing(vae_capacity=capacity(together=0.1, noise=1.0)), INCONCLUSIVE),
+        (3, agreeing(vae_capacity=capacity(encoder=-0.2)), REFUTED),
+        (3, agreeing(vae_capacity=capacity(encoder=0.05, noise=1.0)), INCONCLUSIVE),
+        (4, agreeing(vae_capacity=capacity(tiny_kept=0.9)), REFUTED),  # tiny networks keep what the others keep
+        (4, agreeing(vae_capacity=capacity(tiny_kept=0.5, noise=0.5)), INCONCLUSIVE),
+        (5, agreeing(cvae_importance=importance(2, spread=0.3), vae_importance=importance(1, spread=0.02)), REFUTED),
         (
             5,
-            studies(cvae_importance=importance(2, n=30, noise=0.3), vae_importance=importance(1, n=30, noise=0.3)),
+            agreeing(cvae_importance=importance(2, n=30, noise=0.3), vae_importance=importance(1, n=30, noise=0.3)),
             INCONCLUSIVE,
         ),
-        (6, studies(cvae_data=data_grid(4, size_effect=1.0)), REFUTED),  # size moves the CVAE's error like noise
-        (6, studies(vae_data=data_grid(3, gap_shrinks=-0.3)), REFUTED),  # more data, more over-fitting
-        (6, studies(vae_data=data_grid(3, gap_shrinks=0.02, noise=0.5)), INCONCLUSIVE),
-        (7, studies(cvae_data=data_grid(4, zero_penalty=0.0)), REFUTED),  # noise 0 is the easiest
-        (7, studies(vae_data=data_grid(3, zero_penalty=0.65, noise=0.5)), INCONCLUSIVE),
-        (8, studies(cvae_probabilistic=probabilistic(6, textbook_kept=0.9)), REFUTED),  # eps_w 1 keeps 90%
-        (8, studies(cvae_probabilistic=probabilistic(6, textbook_kept=0.5, noise=0.2)), INCONCLUSIVE),
+        (6, agreeing(cvae_data=data_grid(4, size_effect=1.0)), REFUTED),  # size moves the CVAE's error like noise
+        (6, agreeing(vae_data=data_grid(3, gap_shrinks=-0.3)), REFUTED),  # more data, more over-fitting
+        (6, agreeing(vae_data=data_grid(3, gap_shrinks=0.02, noise=0.5)), INCONCLUSIVE),
+        (7, agreeing(cvae_data=data_grid(4, zero_penalty=0.0)), REFUTED),  # noise 0 is the easiest
+        (7, agreeing(vae_data=data_grid(3, zero_penalty=0.65, noise=0.5)), INCONCLUSIVE),
+        (8, agreeing(cvae_probabilistic=probabilistic(6, textbook_kept=0.9)), REFUTED),  # eps_w 1 keeps 90%
+        (8, agreeing(cvae_probabilistic=probabilistic(6, textbook_kept=0.5, noise=0.2)), INCONCLUSIVE),
     ],
 )
 def test_a_rule_refutes_or_stays_inconclusive(number, tables, expected):
-    finding = verdict(number, tables)
+    finding = checked(number, tables)
     assert finding.verdict == expected, finding.evidence
 
 
 def test_latent_separation_from_per_fold_accuracies():
-    assert verdict(9, {}, SEPARATE).verdict == REPRODUCED
+    assert checked(9, {}, SEPARATE).verdict == REPRODUCED
     same = {"vae": SEPARATE["vae"], "cvae": [0.99, 0.99, 0.98, 1.0, 0.99]}
-    assert verdict(9, {}, same).verdict == REFUTED
+    assert checked(9, {}, same).verdict == REFUTED
     spread = {"vae": [0.95, 0.7, 1.0, 0.85, 0.99], "cvae": [0.8, 0.9, 0.6, 0.95, 0.7]}
-    assert verdict(9, {}, spread).verdict == INCONCLUSIVE
-    one_number = verdict(9, {}, {"vae": 0.98, "cvae": 0.6})
+    assert checked(9, {}, spread).verdict == INCONCLUSIVE
+    one_number = checked(9, {}, {"vae": 0.98, "cvae": 0.6})
     assert one_number.verdict == INCONCLUSIVE and "per-fold" in one_number.evidence
 
 
 def test_the_bootstrap_is_seeded():
-    first, second = findings.all_findings(studies(), SEPARATE), findings.all_findings(studies(), SEPARATE)
+    first, second = findings.all_findings(agreeing(), SEPARATE), findings.all_findings(agreeing(), SEPARATE)
     assert [(f.effect, f.low, f.high) for f in first] == [(f.effect, f.low, f.high) for f in second]
 
 
 def test_evidence_and_study_name_the_spaces():
-    spaces = {1: IMPORTANCE, 2: CAPACITY, 3: CAPACITY, 4: CAPACITY, 5: IMPORTANCE, 6: DATA, 7: DATA, 8: PROBABILISTIC}
-    for finding in findings.all_findings(studies(), SEPARATE)[:8]:
+    spaces = {
+        1: SpaceName.IMPORTANCE,
+        2: SpaceName.CAPACITY,
+        3: SpaceName.CAPACITY,
+        4: SpaceName.CAPACITY,
+        5: SpaceName.IMPORTANCE,
+        6: SpaceName.DATA_SEEDS,
+        7: SpaceName.DATA_SEEDS,
+        8: SpaceName.PROBABILISTIC_SEEDS,
+    }
+    for finding in findings.all_findings(agreeing(), SEPARATE)[:8]:
         assert spaces[finding.number] in finding.study
         assert spaces[finding.number] in finding.evidence
 
@@ -207,20 +111,20 @@ def test_missing_studies_leave_every_finding_inconclusive_and_say_what_is_missin
     result = findings.all_findings({}, {})
     assert [f.verdict for f in result] == [INCONCLUSIVE] * 9
     assert all(math.isnan(f.effect) for f in result)
-    assert f"no vae {IMPORTANCE} study" in result[0].evidence
-    assert f"no cvae {PROBABILISTIC} study" in result[7].evidence
+    assert f"no vae {SpaceName.IMPORTANCE} study" in result[0].evidence
+    assert f"no cvae {SpaceName.PROBABILISTIC_SEEDS} study" in result[7].evidence
 
 
 def test_a_missing_column_or_too_few_trials_is_named():
     without = StudyTable(capacity().trials.drop(columns="active_units"))
-    assert "lack active_units" in verdict(4, studies(vae_capacity=without)).evidence
-    small = verdict(1, studies(vae_importance=importance(1, n=10)))
+    assert "lack active_units" in checked(4, agreeing(vae_capacity=without)).evidence
+    small = checked(1, agreeing(vae_importance=importance(1, n=10)))
     assert small.verdict == INCONCLUSIVE and "10 trials (need 30)" in small.evidence
 
 
 def test_one_seed_per_cell_is_not_evidence_of_certainty():
     """Resampling within cells of one trial each would give a zero-width interval: such cells are left out."""
-    finding = verdict(6, studies(cvae_data=data_grid(4, seeds=(1,))))
+    finding = checked(6, agreeing(cvae_data=data_grid(4, seeds=(1,))))
     assert finding.verdict == INCONCLUSIVE
     assert "fewer than 2 seeds left out" in finding.evidence
 
@@ -229,7 +133,7 @@ def test_the_interaction_names_its_quadrants():
     """Only the decoder matters: its gain is the same with either latent, no interaction, and its quadrants are best."""
     trials = capacity().trials
     trials = trials.assign(value=10 ** (-1 - 0.4 * np.log2(trials["decoder_hidden"])))
-    finding = verdict(2, studies(vae_capacity=StudyTable(trials)))
+    finding = checked(2, agreeing(vae_capacity=StudyTable(trials)))
     assert finding.verdict == REFUTED and finding.effect == pytest.approx(0.0, abs=1e-9)
     quadrants = dict(re.findall(r"(both small|latent large|decoder large|both large) (-?[0-9.]+)", finding.evidence))
     assert float(quadrants["decoder large"]) == float(quadrants["both large"]) < float(quadrants["latent large"])
@@ -244,14 +148,14 @@ def test_resampling_within_cells_varies_each_mean_as_much_as_new_seeds_would():
 
 
 def test_a_finding_of_two_parts_reports_the_part_that_decided():
-    finding = verdict(6, studies(cvae_data=data_grid(4, size_effect=1.0)))  # (a) holds, (b) fails
+    finding = checked(6, agreeing(cvae_data=data_grid(4, size_effect=1.0)))  # (a) holds, (b) fails
     assert finding.verdict == REFUTED
     assert finding.rule.startswith("CVAE MSE range") and finding.low > findings.SIZE_OVER_NOISE
     assert "(a) over-fitting gap" in finding.evidence and "(b) CVAE MSE range" in finding.evidence
 
 
 def test_findings_frame_has_one_row_per_finding():
-    frame = findings.findings_frame(findings.all_findings(studies(), SEPARATE))
+    frame = findings.findings_frame(findings.all_findings(agreeing(), SEPARATE))
     assert list(frame.columns) == ["#", "finding", "effect", "interval", "verdict", "study", "evidence"]
     assert frame["#"].tolist() == list(range(1, 10))
     assert frame["interval"].str.match(r"\[.+, .+\]").all()

@@ -1,4 +1,4 @@
-"""Figures and the self-contained report, down to rendering it in headless Chromium."""
+"""Figures, the studies' evidence among them, and the self-contained report, down to rendering it in Chromium."""
 
 import re
 
@@ -6,8 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from browser import dump_dom
+from designed import agreeing
 
-from moonvae.analysis import plots, report
+from moonvae.analysis import figures, plots, report
+from moonvae.config import SpaceName
+from moonvae.tuning.tables import StudyTable
 
 
 @pytest.fixture
@@ -60,14 +63,52 @@ def test_training_curves_and_studies_figures():
     assert list(scatter.data[0].marker.color) == pytest.approx([-3, -2, -1])
 
 
-def small_report(moons, tmp_path, figures=None):
+def test_study_figures_draw_each_studys_evidence_in_a_panel_named_after_it():
+    tables = agreeing()
+    tables[("cvae", SpaceName.DATA)] = StudyTable(tables[("cvae", SpaceName.DATA_SEEDS)].trials.query("seed == 1"))
+    study_names = {(model, space): f"{model} {space}" for model, space in tables}
+    drawn = {figure.title: figure.figure for figure in figures.study_figures(tables, study_names)}
+    assert list(drawn) == [
+        "Parameter importances",
+        "Best validation MSE by decoder width and latent size",
+        "Best validation MSE across noise and size (data studies)",
+        "best val MSE across eps_w and beta (probabilistic studies)",
+        "I(x; z), nats across eps_w and beta (probabilistic studies)",
+    ]  # no test KL in these tables: no figure for it
+
+    def panels(title):
+        return [annotation.text for annotation in drawn[title].layout.annotations]
+
+    assert [bars.name for bars in drawn["Parameter importances"].data] == ["vae importance", "cvae importance"]
+    assert panels("Best validation MSE by decoder width and latent size") == [
+        "vae importance", "cvae importance", "vae capacity"
+    ]  # fmt: skip
+    capacity = drawn["Best validation MSE by decoder width and latent size"].data[2]
+    assert list(capacity.x) == list(capacity.y) == ["2", "4", "8", "32", "128"]  # the grid's widths, in order
+    median = tables[("vae", SpaceName.CAPACITY)].trials.query("decoder_hidden == 2 and latent_dim == 128")["value"]
+    assert capacity.z[-1][0] == pytest.approx(median.median())  # z[latent][decoder]: the median over the rest
+    data = drawn["Best validation MSE across noise and size (data studies)"]
+    assert [annotation.text for annotation in data.layout.annotations] == [
+        "cvae data", "vae data-seeds", "cvae data-seeds"
+    ]  # fmt: skip
+    assert panels("I(x; z), nats across eps_w and beta (probabilistic studies)") == [
+        "vae probabilistic-seeds", "cvae probabilistic-seeds"
+    ]  # fmt: skip
+    assert all(len(trace.x) == 60 for trace in drawn["best val MSE across eps_w and beta (probabilistic studies)"].data)
+
+
+def test_study_figures_draw_nothing_without_studies():
+    assert figures.study_figures({}, {}) == []
+
+
+def small_report(moons, tmp_path):
     x, y = moons
-    figures = figures or [
+    drawn = [
         report.Figure("data", plots.panels({"data": (x, y)}, "data"), "the moons"),
         report.Figure("grid", plots.data_grid({(100, 0.1): (x[:100], y[:100]), (200, 0.1): (x, y)}, "grid")),
     ]
     table = report.Table("metrics", pd.DataFrame({"metric": ["vae_test_mse", "<b>"], "value": [0.01234567, 2.0]}))
-    return report.write(tmp_path / "out" / "report.html", "Report", "intro", [table], figures)
+    return report.write(tmp_path / "out" / "report.html", "Report", "intro", [table], drawn)
 
 
 def test_report_is_self_contained(moons, tmp_path):

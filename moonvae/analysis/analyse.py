@@ -1,11 +1,11 @@
 """`moonvae analyse`: measure the registered models, check the study's findings, write one report.
 
 Loads each model (by default `models:/moonvae-{vae,cvae}@champion`), evaluates its
-reconstructions on its own test split and on fresh draws (`evaluate`) and its samples
-from every source with the full protocol (`sources`, `quality`), compares the sources
-of every registered alias side by side, draws the study's figures (`figures`), checks
-the nine findings against the tuning studies (`findings`), found by what they are
-(model and space), whatever their names, and logs it all to one MLflow run named
+reconstructions on its own test split and on fresh draws (`reconstruction`) and its
+samples from every source with the full protocol (`aliases`, `quality`), compares the
+sources of every registered alias side by side, draws the study's figures (`figures`),
+checks the nine findings against the tuning studies (`findings`), found by what they
+are (model and space), whatever their names, and logs it all to one MLflow run named
 `analyse`: metrics, `report.html`, the findings and the sources as CSV.
 """
 
@@ -23,10 +23,11 @@ import pandas as pd
 
 from moonvae import metrics
 from moonvae.analysis import aliases, figures, findings, reconstruction, report
+from moonvae.analysis.verdicts import Finding
 from moonvae.config import MODELS, RunConfig, SpaceName
 from moonvae.core import data as moons
+from moonvae.core import train
 from moonvae.core.models import VAE, LatentBank
-from moonvae.core.train import evaluate as loss_terms
 from moonvae.sampling import quality
 from moonvae.serving import loading
 from moonvae.tracking import names, runs
@@ -75,7 +76,7 @@ class Studies:
 class Analysis:
     metrics: dict[str, float] = field(default_factory=dict)
     figures: list[report.Figure] = field(default_factory=list)
-    findings: list[findings.Finding] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
     studies: Studies = field(default_factory=Studies)
 
 
@@ -213,7 +214,7 @@ def add_train_mse(trials: pd.DataFrame, cache_dir: Path = moons.DEFAULT_CACHE_DI
         except Exception:  # a deleted model: this trial simply has no train MSE
             continue
         split = moons.load(python_model.config.data, cache_dir).train
-        trials.loc[index, "train_mse"] = loss_terms(python_model.network.eval(), split).mse.item()
+        trials.loc[index, "train_mse"] = train.evaluate(python_model.network.eval(), split).mse.item()
     return trials
 
 

@@ -69,7 +69,7 @@ def model_figures(
     labels = reference.y.numpy()
     with torch.inference_mode():
         reconstruction = network(reference.x, reference.y)[0].numpy()
-    figures = [
+    drawn = [
         report.Figure(
             f"{name}: data, reconstructions and samples",
             plots.panels(
@@ -87,7 +87,7 @@ def model_figures(
     ]
     conditions: tuple[int | None, ...] = (0, 1) if network.n_conditions else (None,)
     top, paths = traversal_paths(network, bank, conditions)
-    figures.append(
+    drawn.append(
         report.Figure(
             f"{name}: latent traversals in data space",
             plots.paths_over_points(
@@ -108,7 +108,7 @@ def model_figures(
     reducer = fit_umap(bank.mean.numpy(), seed)
     first = next(iter(paths.values()))
     umap_paths = {dim: reducer.transform(latents) for dim, (latents, _) in first.items()}
-    return figures, {"embedding": reducer.embedding_, "labels": train.y.numpy(), "paths": umap_paths}
+    return drawn, {"embedding": reducer.embedding_, "labels": train.y.numpy(), "paths": umap_paths}
 
 
 def sources_figure(ratios: Mapping[str, Mapping[str, float]]) -> report.Figure:
@@ -146,14 +146,14 @@ def study_figures(
     tables: Mapping[tuple[str, str], StudyTable], names: Mapping[tuple[str, str], str]
 ) -> list[report.Figure]:
     """The evidence behind the findings, where the studies exist; each panel is named after its study."""
-    figures = []
+    drawn = []
     importances = {
         names[key]: table.importances
         for key, table in tables.items()
         if key[1] in (SpaceName.BASIC, SpaceName.IMPORTANCE) and table.importances
     }
     if importances:
-        figures.append(
+        drawn.append(
             report.Figure(
                 "Parameter importances",
                 plots.grouped_bars(importances, "fANOVA importance of each searched parameter", "importance"),
@@ -170,11 +170,11 @@ def study_figures(
     }
     if widths:
         title = "Best validation MSE by decoder width and latent size"
-        figures.append(_mse_heatmaps(title, widths, "decoder_hidden", "latent_dim", "Finding 2: grow together?"))
+        drawn.append(_mse_heatmaps(title, widths, "decoder_hidden", "latent_dim", "Finding 2: grow together?"))
     data = _trials_of_space(tables, names, (SpaceName.DATA, SpaceName.DATA_SEEDS))
     if data:
         title = "Best validation MSE across noise and size (data studies)"
-        figures.append(_mse_heatmaps(title, data, "noise", "n_samples", "Findings 6-7."))
+        drawn.append(_mse_heatmaps(title, data, "noise", "n_samples", "Findings 6-7."))
     probabilistic = _trials_of_space(tables, names, (SpaceName.PROBABILISTIC, SpaceName.PROBABILISTIC_SEEDS))
     for metric, label in (("value", "best val MSE"), ("mutual_info", "I(x; z), nats"), ("test_kl", "test KL")):
         named = {
@@ -183,14 +183,14 @@ def study_figures(
             if metric in trials
         }
         if named:
-            figures.append(
+            drawn.append(
                 report.Figure(
                     f"{label} across eps_w and beta (probabilistic studies)",
                     plots.log_scatter(named, f"{label} across eps_w and beta", "eps_w", "beta", label),
                     "Finding 8.",
                 )
             )
-    return figures
+    return drawn
 
 
 def _trials_of_space(

@@ -1,12 +1,9 @@
 """How well does a trained model reconstruct, and what does it draw? Test error, fresh points, samples for figures.
 
 Reconstruction is measured on the model's own test split and on fresh draws from the
-data generator (seeds that training never used). Sample quality is `quality.py`'s job,
-against exact draws of the distribution; this module keeps the k-NN tools it shares:
-- C2ST: a classifier two-sample test. A k-nearest-neighbour classifier (k = sqrt of
-  its training size) learns real vs generated on half the points; its accuracy on
-  the other half is 0.5 when the two are indistinguishable, 1.0 when disjoint.
-- Latent moon accuracy: how well the moon can be read off the latent means.
+data generator (seeds that training never used). Sample quality is `quality`'s job,
+against exact draws of the distribution. Latent moon accuracy: how well the moon can
+be read off the latent means, by `quality`'s k-nearest-neighbour classifier.
 
 No MLflow here: torch models and arrays in, floats out.
 """
@@ -19,9 +16,9 @@ from sklearn.datasets import make_moons
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 
 from moonvae.config import DataConfig
+from moonvae.core import train
 from moonvae.core.data import MoonsData, Split
 from moonvae.core.models import VAE, LatentBank
-from moonvae.core.train import evaluate as loss_terms
 from moonvae.metrics import N_EVAL
 from moonvae.sampling.quality import knn
 from moonvae.sampling.sources import Samples, draw
@@ -60,7 +57,7 @@ def evaluate_model(
     """
     network.eval()
     reference = fresh_moons(data_config, n, fresh_seed(data_config.data_seed, 0))
-    test, fresh = loss_terms(network, data.test), loss_terms(network, reference)
+    test, fresh = train.evaluate(network, data.test), train.evaluate(network, reference)
     metrics = {
         "test_mse": test.mse.item(),
         "test_kl": test.kl.item(),
