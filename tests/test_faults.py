@@ -59,7 +59,10 @@ def run_killed_study(
 
 
 def check(study: optuna.Study, client: MlflowClient) -> list[optuna.trial.FrozenTrial]:
-    """Exactly N_TRIALS finished, each run FINISHED with every epoch's metrics, nothing RUNNING; the failed trials."""
+    """Exactly N_TRIALS finished, each run FINISHED with every epoch's metrics, nothing RUNNING; the stale trials.
+
+    A trial that failed for a reason (one too many, asked by two workers at once) is not a stale one.
+    """
     trials = study.get_trials(deepcopy=False)
     finished = [trial for trial in trials if trial.state in studies.DONE_STATES]
     assert len(finished) == N_TRIALS, sorted(trial.state.name for trial in trials)
@@ -73,7 +76,7 @@ def check(study: optuna.Study, client: MlflowClient) -> list[optuna.trial.Frozen
     found = client.search_runs(experiments, f"tags.`moonvae.study` = '{study.study_name}'")
     assert len(found) == 1 + sum("mlflow_run_id" in trial.user_attrs for trial in trials)  # study run + trials'
     assert "RUNNING" not in {run.info.status for run in found}
-    return [trial for trial in trials if trial.state == TrialState.FAIL]
+    return [trial for trial in trials if trial.state == TrialState.FAIL and "reason" not in trial.user_attrs]
 
 
 def seconds_after(moment: float, trials: list[optuna.trial.FrozenTrial]) -> float:

@@ -37,6 +37,7 @@ from moonvae.tuning.studies import WORKER_ATTR, Target
 
 WAIT_SECONDS = 1.0  # poll interval while other processes finish the study's last trials (two queries a poll)
 SAY_EVERY_SECONDS = 30.0  # between lines while waiting; the first once a live trial would have beaten twice
+SURPLUS_REASON = "one too many: another worker took the study's last place at the same moment"
 WAIT_LIMIT_SECONDS = 2 * GRACE_SECONDS  # a dead worker's trial is stale after GRACE_SECONDS: twice that is broken
 GRID_ATTEMPTS = 2  # a grid point that fails is tried once more, then left out
 MAX_FAILURES_IN_ROW = 5  # then something is broken beyond one trial: stop the call
@@ -112,7 +113,9 @@ def next_trial(site: Worksite, wait: bool = True) -> optuna.Trial | None:
                 return None
             if counts["done"] + counts["running"] < site.n_trials:
                 if site.space.grid is None or counts["waiting"] or _grid_point_available(site):
-                    return _ask(site)
+                    if (trial := _ask(site)) is not None:
+                        return trial
+                    continue  # another process took the last place meanwhile: count again
                 if not counts["running"]:
                     return None  # every grid point was run or failed too often
             if not wait:
@@ -123,11 +126,22 @@ def next_trial(site: Worksite, wait: bool = True) -> optuna.Trial | None:
             site.gate.wait(WAIT_SECONDS)
 
 
-def _ask(site: Worksite) -> optuna.Trial:
-    """A new trial (or a queued one), covered by a heartbeat from now on."""
+def _ask(site: Worksite) -> optuna.Trial | None:
+    """A new trial (or a queued one), covered by a heartbeat from now on; None if it is one too many.
+
+    Processes count and ask apart, so two may take the study's last place at the same
+    moment. Of such trials the later one (by number) gives its place back: it ends FAIL
+    at once, so the study never holds more than `n_trials` done, whatever the timing.
+    """
     trial = site.study.ask(fixed_distributions=site.space.distributions)
     site.heartbeats.hold(trial._trial_id)
-    return trial
+    before = [other for other in site.study.get_trials(deepcopy=False) if other.number < trial.number]
+    if sum(other.state != TrialState.FAIL for other in before) < site.n_trials:
+        return trial
+    trial.set_user_attr("reason", SURPLUS_REASON)
+    site.study.tell(trial, state=TrialState.FAIL)
+    site.heartbeats.release(trial._trial_id)
+    return None
 
 
 @dataclass
