@@ -16,9 +16,10 @@ from conftest import subprocess_env
 from optuna.trial import TrialState
 
 from moonvae.tracking import runs
-from moonvae.tuning import heartbeats, search, studies
+from moonvae.tuning import asking, heartbeats, search, studies
 from moonvae.tuning.spaces import SPACES
 
+pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
 TINY = {"n_samples": 200, "max_epochs": 12}
 STUDY = "moonvae-vae-basic"
 BOUND = 120  # seconds: where the tuner used to wait forever, these tests end and fail instead
@@ -108,3 +109,21 @@ def test_waiting_for_a_trial_that_neither_beats_nor_goes_stale_gives_up_in_one_l
     client = runs.client()
     found = client.search_runs([experiment.experiment_id for experiment in client.search_experiments()])
     assert [run.info.status for run in found] == ["FAILED"]  # the study run, not left RUNNING
+
+
+def test_a_trial_asked_when_the_trials_before_it_fill_the_study_gives_its_place_back(workdir):
+    """Two processes count, then ask, at the same moment: the later trial ends FAIL at once, none is one too many."""
+    plan = search.plan(model="vae", n_trials=1, fixed=TINY)
+    study = plan.studies[STUDY]
+    study.ask(fixed_distributions=SPACES["basic"].distributions)  # the other process's ask, a moment earlier
+    with heartbeats.Heartbeats(plan.storage) as beats:
+        site = asking.Worksite(
+            space=SPACES["basic"], n_trials=1, storage=plan.storage, heartbeats=beats, n_jobs=1, trials_at_once=1,
+            workers=2, target=plan.targets[0], study=study, mlflow_client=runs.client(), run_id="", deadline=None,
+            worker={}, signalled=threading.Event(),
+        )  # fmt: skip
+        assert asking._ask(site) is None  # this process counted 0 of 1 before the other asked
+        assert not beats.holds(study.trials[1]._trial_id)
+    first, second = study.trials
+    assert (first.state, second.state) == (TrialState.RUNNING, TrialState.FAIL)
+    assert second.user_attrs["reason"] == asking.SURPLUS_REASON
