@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from moonvae.tracking import runs
-from moonvae.tuning import executor, search
+from moonvae.tuning import cluster, search
 
 READY_SECONDS = 120
 
@@ -99,7 +99,7 @@ def main() -> None:
         with ray_head(folder) as address:
             startup["ray start --head"] = time.perf_counter() - start
             start = time.perf_counter()
-            with executor.connect(address) as cluster:
+            with cluster.connect(address) as ray_tasks:
                 startup["connect"] = time.perf_counter() - start
                 import ray
 
@@ -110,8 +110,8 @@ def main() -> None:
                     "one worker": {},
                     "threads (n_jobs=2)": {"n_jobs": 2},
                     "processes (workers=2)": {"workers": 2},
-                    "ray (workers=1)": {"workers": 1, "runner": cluster},
-                    "ray (workers=2)": {"workers": 2, "runner": cluster},
+                    "ray (workers=1)": {"workers": 1, "runner": ray_tasks},
+                    "ray (workers=2)": {"workers": 2, "runner": ray_tasks},
                 }
                 for round_ in range(args.rounds):
                     for number, (mode, options) in enumerate(modes.items()):

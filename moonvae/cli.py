@@ -45,10 +45,10 @@ class OneLineErrors:
             return super().main(*args, standalone_mode=False, **kwargs)  # type: ignore[misc]
         except click.exceptions.Exit as done:
             sys.exit(done.exit_code)
-        except click.Abort:  # Ctrl-C, or SIGTERM in `tune` (moonvae.tuning.executor): exit code 128 + the signal
-            from moonvae.tuning import executor
+        except click.Abort:  # Ctrl-C, or SIGTERM in `tune` (moonvae.tuning.signals): exit code 128 + the signal
+            from moonvae.tuning import signals
 
-            stopped_by = executor.stopped_by() or signal.SIGINT
+            stopped_by = signals.stopped_by() or signal.SIGINT
             click.echo(f"moonvae: {'terminated' if stopped_by == signal.SIGTERM else 'aborted'}", err=True)
             sys.exit(128 + stopped_by)
         except click.ClickException as error:
@@ -249,7 +249,7 @@ def tune(
     if workers < 1:
         fail(f"workers must be an integer >= 1, got {workers!r}")
     from moonvae.tracking import runs
-    from moonvae.tuning import executor, results, search, studies, trials
+    from moonvae.tuning import asking, cluster, executor, results, search, signals, studies, trials
 
     if os.environ.get("MLFLOW_RUN_ID") and studies.has_password(storage):
         fail(
@@ -258,7 +258,7 @@ def tune(
         )
     with ExitStack() as call:
         try:
-            runner = call.enter_context(executor.connect(ray_address.strip()))
+            runner = call.enter_context(cluster.connect(ray_address.strip()))
             plan = search.plan(
                 model,
                 space,
@@ -275,17 +275,17 @@ def tune(
             )
         except ConfigError as error:
             fail(str(error))
-        call.enter_context(executor.stop_on_signals())  # after connecting: Ray sets its own SIGTERM handler
+        call.enter_context(signals.stop_on_signals())  # after connecting: Ray sets its own SIGTERM handler
         click.echo(f"tracking {runs.tracking_uri()}, studies in {studies.redact(plan.storage_url)}")
         if workers > 1 or ray_address.strip():
             click.echo(f"workers: {runner.describe(workers)}")
         try:
             finished = search.run(plan, runs.client(), entry_run_id=os.environ.get("MLFLOW_RUN_ID"))
-        except (trials.TooManyFailures, executor.WorkerLost) as error:
+        except (trials.TooManyFailures, executor.WorkerLost, asking.WaitedTooLong, studies.StorageLost) as error:
             fail(str(error), code=1)
         except ConfigError as error:  # a worker that does not see the study's services
             fail(str(error))
-        if executor.stopped_by():  # a signal came while the last study was being summarised
+        if signals.stopped_by():  # a signal came while the last study was being summarised
             raise KeyboardInterrupt
     for result in finished:
         held = ", ".join(f"{count} {state.lower()}" for state, count in sorted(result.counts.items()))

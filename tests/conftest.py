@@ -139,12 +139,18 @@ def running_server(command: list[str], folder: Path, port: int, ready_path: str)
 
 
 @pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A throwaway PostgreSQL database (tests/services.py) for the whole session."""
-    from services import postgres_database
+def postgres():  # -> services.Postgres
+    """A throwaway PostgreSQL cluster (tests/services.py) for the whole session."""
+    from services import postgres_cluster
 
-    with postgres_database() as url:
-        yield url
+    with postgres_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres) -> str:
+    """A database on it for the whole session."""
+    return postgres.url
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,14 +45,56 @@ def postgres_bin() -> Path | None:
     return Path(found).parent if found else None
 
 
+@dataclass(frozen=True)
+class Postgres:
+    """A throwaway PostgreSQL cluster: its first database's URL, more databases, and a restart."""
+
+    url: str  # postgresql://postgres@127.0.0.1:PORT/moonvae_study, as users type it: psycopg 3
+    port: int
+    pg: Callable[..., None]  # runs one of the cluster's binaries as its owner
+    data: Path
+    log: Path
+    options: str  # the server's command line, for pg_ctl start
+
+    def database(self, name: str) -> str:
+        """A new empty database on the cluster: its URL."""
+        _sql(self.port, f"CREATE DATABASE {name}")
+        return self.url.rpartition("/")[0] + f"/{name}"
+
+    def restart(self) -> None:
+        """`pg_ctl restart -m fast`: every session is ended, the server is away for a moment.
+
+        With its log file again: without one the new server would hold pg_ctl's output pipe open.
+        """
+        folders = ["-D", str(self.data), "-l", str(self.log)]
+        self.pg("pg_ctl", *folders, "-m", "fast", "-w", "-t", str(READY_SECONDS), "restart")
+
+    @contextmanager
+    def stopped(self) -> Iterator[None]:
+        """The server stopped (`pg_ctl stop -m fast`) for a while, then started again for the tests after."""
+        self.pg("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+        try:
+            yield
+        finally:
+            folders = ["-D", str(self.data), "-l", str(self.log), "-o", self.options]
+            self.pg("pg_ctl", *folders, "-w", "-t", str(READY_SECONDS), "start")
+
+
+def _sql(port: int, statement: str) -> None:
+    """CREATE and DROP DATABASE refuse to run inside a transaction."""
+    import psycopg
+
+    with psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres") as connection:
+        connection.autocommit = True
+        connection.execute(statement)
+
+
 @contextmanager
-def postgres_database() -> Iterator[str]:
-    """A throwaway database on a throwaway cluster (Debian's `postgresql` binaries); dropped and stopped afterwards.
+def postgres_cluster() -> Iterator[Postgres]:
+    """A throwaway cluster (Debian's `postgresql` binaries) with a database; stopped and removed afterwards.
 
     PostgreSQL refuses to run as root, so as root it runs as the `postgres` user.
     """
-    import psycopg
-
     binaries = postgres_bin()
     if binaries is None or not (binaries / "initdb").exists():
         unavailable("PostgreSQL server binaries not found (apt-get install postgresql)")
@@ -79,15 +121,8 @@ def postgres_database() -> Iterator[str]:
     options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=500"
     try:
         pg("pg_ctl", "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", str(READY_SECONDS), "start")
-
-        def sql(statement: str) -> None:  # CREATE and DROP DATABASE refuse to run inside a transaction
-            with psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres") as connection:
-                connection.autocommit = True
-                connection.execute(statement)
-
-        sql("CREATE DATABASE moonvae_study")
-        yield f"postgresql://postgres@127.0.0.1:{port}/moonvae_study"  # as users type it: psycopg 3
-        sql("DROP DATABASE moonvae_study WITH (FORCE)")
+        _sql(port, "CREATE DATABASE moonvae_study")
+        yield Postgres(f"postgresql://postgres@127.0.0.1:{port}/moonvae_study", port, pg, data, log, options)
     finally:
         if (data / "postmaster.pid").exists():
             pg("pg_ctl", "-D", str(data), "-m", "fast", "-w", "stop")
@@ -95,10 +130,13 @@ def postgres_database() -> Iterator[str]:
 
 
 @contextmanager
-def tracking_server(folder: Path) -> Iterator[str]:
-    """`mlflow server` on sqlite with proxied artifacts (no --default-artifact-root), on a free loopback port."""
-    folder.mkdir()
-    port = free_port()
+def tracking_server(folder: Path, port: int | None = None) -> Iterator[str]:
+    """`mlflow server` on sqlite with proxied artifacts (no --default-artifact-root), on a free loopback port.
+
+    Given the folder and port of one that was stopped, it starts again on the same store and artifacts.
+    """
+    folder.mkdir(exist_ok=True)
+    port = port or free_port()
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}"]
     command += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     with running_server(command, folder, port, "/health") as url:

@@ -23,8 +23,8 @@ from toy_workers import toy_work
 
 from moonvae.config import TRIALS_AT_ONCE
 from moonvae.tracking import runs
-from moonvae.tuning import executor, search, studies
-from moonvae.tuning.executor import Local
+from moonvae.tuning import search, signals, studies
+from moonvae.tuning.processes import Local
 
 STOP_WAIT_SECONDS = 120  # for a signalled `tune` to end its trials and exit; generous for a busy CI runner
 
@@ -44,8 +44,8 @@ class Watcher:
 @pytest.fixture
 def fresh_signals(monkeypatch):
     """The executor's stop flag as a new process has it."""
-    monkeypatch.setattr(executor, "_stop", threading.Event())
-    monkeypatch.setattr(executor, "_stopped_by", None)
+    monkeypatch.setattr(signals, "_stop", threading.Event())
+    monkeypatch.setattr(signals, "_stopped_by", None)
 
 
 def started(folder: Path, number: int) -> list[Path]:
@@ -70,12 +70,12 @@ def test_a_workers_error_stops_the_others_and_is_raised(tmp_path, fresh_signals)
 
 
 def test_sigterm_stops_every_worker_process_then_raises_keyboard_interrupt(tmp_path, fresh_signals):
-    with executor.stop_on_signals():
+    with signals.stop_on_signals():
         threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
         with pytest.raises(KeyboardInterrupt):
             Local().run(toy_work, {"folder": str(tmp_path), "seconds": 600}, 2, 1, {}, Watcher())
     assert (tmp_path / "stopped-0").exists() and (tmp_path / "stopped-1").exists()
-    assert executor.stopped_by() == signal.SIGTERM
+    assert signals.stopped_by() == signal.SIGTERM
 
 
 def test_an_unreachable_ray_cluster_is_one_line_and_creates_nothing(workdir):

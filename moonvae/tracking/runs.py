@@ -35,6 +35,7 @@ FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"  # how a run ends, as 
 EXPERIMENT = "moonvae"  # where runs go unless MLFLOW_EXPERIMENT_NAME / _ID or `mlflow run --experiment-name` say
 
 Client = MlflowClient  # the type other modules annotate with, so that only this module imports MLflow
+TrackingError = mlflow.exceptions.MlflowException  # what a call raises, the tracking server's retries spent included
 
 
 def tracking_uri() -> str:
@@ -54,6 +55,7 @@ def client() -> MlflowClient:
     """
     uri = tracking_uri()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep the console readable
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # no "View run ..." line per trial
     os.environ["MLFLOW_TRACKING_URI"] = uri
     return MlflowClient(uri)
 

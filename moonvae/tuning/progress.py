@@ -8,8 +8,6 @@ as its one writer, so each step is logged once whatever the workers' interleavin
 
 from __future__ import annotations
 
-from collections import Counter
-
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
@@ -17,6 +15,7 @@ from tqdm import tqdm
 from moonvae.tracking import runs
 from moonvae.tracking.runs import Client
 from moonvae.tuning import results, studies
+from moonvae.tuning.heartbeats import stale_reason
 from moonvae.tuning.studies import WORKER_ATTR
 
 
@@ -37,8 +36,7 @@ class Progress:
         self.objectives = objectives
         self.n_trials, self.call = n_trials, call  # call: whose trials get a line (other calls print theirs)
         self.seen: set[int] = set()  # finished trials already looked at
-        trials = study.get_trials(deepcopy=False)
-        done = min(sum(trial.state in (TrialState.COMPLETE, TrialState.PRUNED) for trial in trials), n_trials)
+        done = min(studies.count(study.get_trials(deepcopy=False))["done"], n_trials)
         self.bar = tqdm(
             total=n_trials, initial=done, desc=study.study_name, unit="trial", leave=True, position=position
         )
@@ -61,9 +59,9 @@ class Progress:
             self.seen.add(trial.number)
             if trial.user_attrs.get(WORKER_ATTR, {}).get("call") == self.call:
                 self.bar.write(trial_line(self.study.study_name, trial, self.objectives))
-        states = Counter(trial.state for trial in trials)
-        self.bar.n = min(states[TrialState.COMPLETE] + states[TrialState.PRUNED], self.n_trials)
-        self.bar.set_postfix(results.best_so_far(self.study) | {"failed": states[TrialState.FAIL]}, refresh=False)
+        counts = studies.count(trials)
+        self.bar.n = min(counts["done"], self.n_trials)
+        self.bar.set_postfix(results.best_so_far(self.study) | {"failed": counts["failed"]}, refresh=False)
         self.bar.refresh()
         first = f"best_{results.short(self.objectives[0])}"
         logged = runs.metric_steps(self.mlflow_client, self.run_id, first)  # other calls log too
@@ -76,6 +74,6 @@ def trial_line(study_name: str, trial: FrozenTrial, objectives: tuple[str, ...] 
     if trial.state == TrialState.COMPLETE and trial.values:
         outcome = results.values_text(objectives, trial.values, results.summary_error(trial))
     else:
-        outcome = trial.user_attrs.get("reason", f"its worker stopped (no heartbeat for {studies.GRACE_SECONDS} s)")
+        outcome = trial.user_attrs.get("reason", stale_reason())
     seconds = (trial.datetime_complete - trial.datetime_start).total_seconds() if trial.datetime_start else 0.0
     return f"{study_name} trial-{trial.number:03d} {trial.state.name.lower()}: {outcome} ({seconds:.1f} s)"

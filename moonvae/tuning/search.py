@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
+import sqlalchemy
 from optuna.exceptions import ExperimentalWarning
 from optuna.storages import RDBStorage
 
@@ -31,7 +32,10 @@ from moonvae.core import data as moons
 from moonvae.core.train import one_torch_thread
 from moonvae.tracking import lineage, names, runs
 from moonvae.tracking.runs import Client
-from moonvae.tuning import executor, results, spaces, studies, trials
+from moonvae.tuning import asking, results, spaces, studies, trials
+from moonvae.tuning.cluster import Executor
+from moonvae.tuning.heartbeats import Heartbeats
+from moonvae.tuning.processes import Local
 from moonvae.tuning.progress import Progress
 from moonvae.tuning.spaces import SPACES, Space
 from moonvae.tuning.studies import RUN_ID_ATTR, Target
@@ -57,7 +61,7 @@ class Plan:
     targets: list[Target]
     workers: int = 1  # worker processes (or Ray tasks); one runs in this process
     trials_at_once: int = 1  # K: trials each thread trains together as one stack
-    runner: executor.Executor = field(default_factory=executor.Local)  # where the workers run
+    runner: Executor = field(default_factory=Local)  # where the workers run
     studies: dict[str, optuna.Study] = field(default_factory=dict)
     created: set[str] = field(default_factory=set)  # studies this call created: it opens their MLflow runs
 
@@ -94,7 +98,7 @@ def plan(
     fixed: dict[str, Any] | None = None,
     workers: int = 1,
     trials_at_once: int = TRIALS_AT_ONCE,
-    runner: executor.Executor | None = None,
+    runner: Executor | None = None,
 ) -> Plan:
     """Validate every input, open the storage and check or create the studies.
 
@@ -144,7 +148,7 @@ def plan(
     size = search_space.size
     wanted = N_TRIALS if n_trials is None else n_trials
     storage_url = storage or studies.default_storage()
-    opened = studies.open_storage(storage_url, on_stale_trial=trials.end_stale_trial_run)
+    opened = studies.open_storage(storage_url, on_stale_trial=trials.on_stale_trial)
     found = {target.name: studies.load(opened, target.name) for target in targets}
     for target in targets:
         if found[target.name] is not None:
@@ -162,7 +166,7 @@ def plan(
         targets=targets,
         workers=workers,
         trials_at_once=trials_at_once,
-        runner=runner or executor.Local(),
+        runner=runner or Local(),
     )
     for target in targets:
         if found[target.name] is not None:
@@ -204,7 +208,7 @@ def run(plan: Plan, mlflow_client: Client, entry_run_id: str | None = None) -> l
         else nullcontext()
     )
     with launcher, one_torch_thread():
-        if len(plan.targets) > 1 and isinstance(plan.runner, executor.Local):
+        if len(plan.targets) > 1 and isinstance(plan.runner, Local):
             finished = _side_by_side(plan, mlflow_client, study_runs, adopt, parent)
         else:
             finished = [
@@ -226,7 +230,7 @@ def _side_by_side(
     Each study is the one it would be alone (its own storage rows, seeds and trials);
     a study that fails does not stop the others, and its error is raised once all have ended.
     """
-    runner = executor.Local(own_processes=True)
+    runner = Local(own_processes=True)
     with ThreadPoolExecutor(len(plan.targets), thread_name_prefix="study") as pool:
         futures = [
             pool.submit(
@@ -259,7 +263,7 @@ def _run_study(
     mlflow_client: Client,
     run_id: str | None,
     parent_run_id: str | None,
-    runner: executor.Executor,
+    runner: Executor,
     position: int = 0,
 ) -> results.StudyResult:
     study = plan.studies[target.name]
@@ -300,6 +304,7 @@ def _run_study(
             study, mlflow_client, study_run_id, plan.n_trials, order.call, plan.space.objectives, position
         ) as progress:
             runner.run(work, order, plan.workers, plan.n_jobs, env, progress)
+        trials.end_runs_left_running(study, mlflow_client)
         result = results.summarise(study, mlflow_client, study_run_id, target, time.monotonic() - started)
     return result
 
@@ -313,7 +318,7 @@ def work(order: Order, worker: int, signalled: threading.Event) -> None:
     """
     quiet()
     storage_url = os.environ[STORAGE_ENV]
-    storage = studies.open_storage(storage_url, on_stale_trial=trials.end_stale_trial_run)
+    storage = studies.open_storage(storage_url, on_stale_trial=trials.on_stale_trial)
     study = studies.load(storage, order.target.name)
     require(
         study is not None,
@@ -331,10 +336,12 @@ def work(order: Order, worker: int, signalled: threading.Event) -> None:
     study.pruner = spaces.make_pruner(order.pruner, order.max_epochs)
     deadline = None if order.deadline is None else time.monotonic() + order.deadline - time.time()
     who = {"call": order.call, "host": socket.gethostname(), "pid": os.getpid()}
-    site = trials.Worksite(
+    heartbeats = Heartbeats(storage)
+    site = asking.Worksite(
         space=space,
         n_trials=order.n_trials,
         storage=storage,
+        heartbeats=heartbeats,
         n_jobs=order.n_jobs,
         trials_at_once=order.trials_at_once,
         workers=order.workers,
@@ -346,5 +353,8 @@ def work(order: Order, worker: int, signalled: threading.Event) -> None:
         worker=who,
         signalled=signalled,
     )
-    with one_torch_thread():
-        trials.work(site)
+    try:
+        with heartbeats, one_torch_thread():
+            trials.work(site)
+    except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.OperationalError) as error:
+        raise studies.lost(storage_url, error) from None

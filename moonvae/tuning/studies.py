@@ -7,10 +7,10 @@ finds studies by those, whatever their names, and a resumed study must match the
 
 from __future__ import annotations
 
-import os
 import time
 import warnings
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,11 +23,10 @@ from sqlalchemy.engine import make_url
 
 from moonvae.config import ConfigError
 from moonvae.tracking import runs
+from moonvae.tuning.executor import first_line
+from moonvae.tuning.heartbeats import Storage
 from moonvae.tuning.tables import StudyTable, trials_frame
 
-# Read from the environment too, since workers run in other processes (tests shorten them to seconds).
-HEARTBEAT_SECONDS = int(os.environ.get("MOONVAE_HEARTBEAT_SECONDS", "30"))
-GRACE_SECONDS = int(os.environ.get("MOONVAE_GRACE_SECONDS", "120"))  # no heartbeat for this long: a dead worker
 OPEN_ATTEMPTS = 4  # tries to open a storage whose tables another worker is creating
 
 OBJECTIVE = "best_val_mse"  # what every study minimises (generative: mmd_summary too), named for optuna-dashboard
@@ -38,6 +37,18 @@ SOURCE_ATTR = "source"  # trial user attr: the trial model's default sampling so
 MODEL_ATTR, SPACE_ATTR, CONFIG_ATTR = "moonvae.model", "moonvae.space", "moonvae.config"
 CREATED_ATTR = "moonvae.created"  # when the study was created (seconds since the epoch)
 NEW_SECONDS = 120  # a study younger than this, without trials, may still be getting its MLflow run
+DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED)  # a trial in either counts towards n_trials; FAIL does not
+
+
+def count(trials: Iterable[FrozenTrial]) -> Counter[str]:
+    """A study's trials by what they mean for its end: done, running, waiting (queued) and failed."""
+    states = Counter(trial.state for trial in trials)
+    return Counter(
+        done=sum(states[state] for state in DONE_STATES),
+        running=states[TrialState.RUNNING],
+        waiting=states[TrialState.WAITING],
+        failed=states[TrialState.FAIL],
+    )
 
 
 def study_name(model: str, space: str, base: str | None = None, *, both: bool = False) -> str:
@@ -82,20 +93,25 @@ def open_storage(url: str, on_stale_trial: Callable[[optuna.Study, FrozenTrial],
     warnings.filterwarnings("ignore", category=ExperimentalWarning)  # heartbeats: experimental since 2.9, still here
     for attempt in range(OPEN_ATTEMPTS):
         try:
-            return RDBStorage(
-                url,
-                heartbeat_interval=HEARTBEAT_SECONDS,
-                grace_period=GRACE_SECONDS,
-                heartbeat_stale_trial_callback=on_stale_trial,
-            )
+            return Storage(url, on_stale_trial)
         except Exception as error:
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            reason = first_line(error)
             # workers opening a new database at the same instant race to create Optuna's tables: the loser retries
             if attempt + 1 < OPEN_ATTEMPTS and any(word in reason.lower() for word in ("already exists", "duplicate")):
                 time.sleep(0.5 * (attempt + 1))
                 continue
             raise ConfigError(f"cannot open storage {redact(url)}: {reason}") from None
     raise AssertionError("unreachable")
+
+
+class StorageLost(RuntimeError):
+    """The study's storage stopped answering for longer than a worker waits for it (the grace period)."""
+
+
+def lost(url: str, error: Exception) -> StorageLost:
+    """A storage error as one line: Optuna wraps the database's own error, whose words say more."""
+    cause = error.__cause__ if isinstance(error, optuna.exceptions.StorageInternalError) and error.__cause__ else error
+    return StorageLost(f"lost the study's storage {redact(url)}: {first_line(cause)}")
 
 
 @dataclass

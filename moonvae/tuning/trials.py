@@ -1,9 +1,4 @@
-"""A worker's trials: ask Optuna, train in a nested MLflow run, tell Optuna how each ended.
-
-A worker asks for a trial only after counting, under a lock, the trials the study
-already holds, finished or running: so workers stop together at `n_trials`, and a
-second call on a study runs only the missing trials. Failed trials do not count, so
-a crash never shortens a study.
+"""A worker's trials: asked (asking.py), trained in nested MLflow runs, told to Optuna as each ended.
 
 With `trials_at_once` K > 1 a worker works in rounds: it asks K trials, trains them
 as one vectorised stack (batched.fit_batch), then tells Optuna how each ended, in
@@ -15,19 +10,18 @@ same trial for trial on every run, at any K.
 
 from __future__ import annotations
 
-import math
+import copy
+import sys
 import threading
-import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
-from optuna.storages import RDBStorage
-from optuna.storages._heartbeat import get_heartbeat_thread  # what Study.optimize uses; ask/tell has no public one
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from moonvae.config import RunConfig
@@ -36,14 +30,14 @@ from moonvae.core.train import EpochMetrics, TrainResult, fit
 from moonvae.tracking import names, runs
 from moonvae.tracking.experiment import TrackedRun
 from moonvae.tracking.runs import Client
-from moonvae.tuning import results, spaces, studies
-from moonvae.tuning.spaces import Space
-from moonvae.tuning.studies import MODEL_ID_ATTR, RUN_ID_ATTR, SOURCE_ATTR, WORKER_ATTR, Target
+from moonvae.tuning import asking, results, spaces
+from moonvae.tuning.asking import Worksite
+from moonvae.tuning.executor import first_line
+from moonvae.tuning.heartbeats import stale_reason
+from moonvae.tuning.studies import MODEL_ID_ATTR, RUN_ID_ATTR, SOURCE_ATTR, WORKER_ATTR
 
 REPORT_EVERY = 10  # epochs between reports to the pruner: each report is a storage write (~4 ms on sqlite)
-WAIT_SECONDS = 1.0  # poll interval while other processes finish the study's last trials (two queries a poll)
-GRID_ATTEMPTS = 2  # a grid point that fails is tried once more, then left out
-MAX_FAILURES_IN_ROW = 5  # then something is broken beyond one trial: stop the call
+STALE_RETRIES = 2  # a trial whose worker died is queued again this often, then left failed (it may kill its worker)
 TRIAL_ATTRS = ("test_mse", "test_kl", "train_mse", "active_units", "mutual_info", "mmd_summary", "mmd_summary_se")
 
 
@@ -51,41 +45,33 @@ class TooManyFailures(RuntimeError):
     """Several trials in a row failed: the cause is not one trial's parameters."""
 
 
-@dataclass
-class Worksite:
-    """The shared state of one study's workers (threads) in one process."""
+def on_stale_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+    """A trial whose worker died, just failed by Optuna: queue it again with its parameters, and end its run FAILED.
 
-    space: Space
-    n_trials: int
-    storage: RDBStorage
-    n_jobs: int  # threads working on the study here
-    trials_at_once: int  # K: trials a thread trains together as one stack
-    workers: int  # the call's worker processes (or Ray tasks): a round takes no more than its share of the places
-    target: Target
-    study: optuna.Study
-    mlflow_client: Client
-    run_id: str  # the study run: the trials' parent
-    deadline: float | None  # time.monotonic() after which no trial starts
-    worker: dict[str, Any]  # who runs the trials: WORKER_ATTR
-    signalled: threading.Event  # the process was asked to stop
-    gate: threading.Condition = field(default_factory=threading.Condition)
-    stop: threading.Event = field(default_factory=threading.Event)  # a worker thread was stopped or failed
-    failures_in_row: int = 0
-    last_failure: str = ""
-
-    def stopping(self) -> bool:
-        return self.stop.is_set() or self.signalled.is_set()
-
-
-def end_stale_trial_run(study: optuna.Study, trial: FrozenTrial) -> None:
-    """A dead worker's trial was failed by heartbeat: end its MLflow run too."""
+    Queued by Optuna's RetryHeartbeatStaleTrialCallback (formerly RetryFailedTrialCallback),
+    at most STALE_RETRIES times, without the dead worker's run and worker attributes.
+    """
+    queued = copy.copy(trial)
+    queued.user_attrs = {}
+    RetryHeartbeatStaleTrialCallback(max_retry=STALE_RETRIES)(study, queued)
     run_id = trial.user_attrs.get(RUN_ID_ATTR)
-    if not run_id:
-        return
-    mlflow_client = runs.client()
-    reason = f"its worker stopped (no heartbeat for {studies.GRACE_SECONDS} s)"
-    if runs.end_if_running(mlflow_client, run_id, runs.FAILED, reason):
+    if run_id:
+        try:
+            _end_stale_run(runs.client(), run_id)
+        except runs.TrackingError as error:  # the tracking server is away longer than its retries: ended later
+            print(f"run {run_id} of failed trial {trial.number} not ended yet: {first_line(error)}", file=sys.stderr)
+
+
+def _end_stale_run(mlflow_client: Client, run_id: str) -> None:
+    if runs.end_if_running(mlflow_client, run_id, runs.FAILED, stale_reason()):
         runs.set_tag(mlflow_client, run_id, names.TRIAL_STATE_TAG, TrialState.FAIL.name)
+
+
+def end_runs_left_running(study: optuna.Study, mlflow_client: Client) -> None:
+    """End the runs of failed trials still RUNNING: a stale trial whose run the tracking server was away to end."""
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        if trial.user_attrs.get(RUN_ID_ATTR):
+            _end_stale_run(mlflow_client, trial.user_attrs[RUN_ID_ATTR])
 
 
 def work(site: Worksite) -> None:
@@ -103,90 +89,17 @@ def work(site: Worksite) -> None:
                 with site.gate:
                     site.gate.notify_all()
                 raise
-    if site.failures_in_row >= MAX_FAILURES_IN_ROW:
+    if site.failures_in_row >= asking.MAX_FAILURES_IN_ROW:
         raise TooManyFailures(f"{site.failures_in_row} trials in a row failed, the last with {site.last_failure}")
 
 
 def _work(site: Worksite) -> None:
     if site.trials_at_once == 1:
-        while (trial := _next_trial(site)) is not None:
+        while (trial := asking.next_trial(site)) is not None:
             _run_trial(site, trial)
         return
-    while trials := _next_trials(site):
+    while trials := asking.next_trials(site):
         _run_round(site, trials)
-
-
-def _count(study: optuna.Study) -> Counter[str]:
-    states = Counter(trial.state for trial in study.get_trials(deepcopy=False))
-    return Counter(
-        done=states[TrialState.COMPLETE] + states[TrialState.PRUNED],
-        running=states[TrialState.RUNNING],
-        waiting=states[TrialState.WAITING],
-        failed=states[TrialState.FAIL],
-    )
-
-
-def _next_trials(site: Worksite) -> list[optuna.Trial]:
-    """Up to K trials for one round: the first as `_next_trial` asks it, the others while places are free.
-
-    A round takes at most its thread's share of the free places, so the call's other
-    workers and threads do not wait while one trains the study's last trials alone.
-    """
-    with site.gate:
-        first = _next_trial(site)
-        if first is None:
-            return []
-        counts = _count(site.study)
-        free = site.n_trials - counts["done"] - counts["running"] + 1  # the first one's place included
-        share = max(1, math.ceil(free / (site.workers * site.n_jobs)))
-        asked = [first]
-        while len(asked) < min(site.trials_at_once, share) and (trial := _next_trial(site, wait=False)) is not None:
-            asked.append(trial)
-        return asked
-
-
-def _next_trial(site: Worksite, wait: bool = True) -> optuna.Trial | None:
-    """Ask for a trial if the study still needs one, counting running trials as done-to-be.
-
-    When the running ones would complete the study, wait (unless told not to): if one of
-    them fails, this worker replaces it. Runs under the gate so two workers never both
-    take the last place.
-    """
-    with site.gate:
-        while True:
-            if site.stopping() or site.failures_in_row >= MAX_FAILURES_IN_ROW:
-                return None
-            if site.deadline is not None and time.monotonic() >= site.deadline:
-                return None
-            optuna.storages.fail_stale_trials(site.study)
-            counts = _count(site.study)
-            if counts["done"] >= site.n_trials:
-                return None
-            if counts["done"] + counts["running"] < site.n_trials:
-                if site.space.grid is None or counts["waiting"] or _grid_point_available(site):
-                    return site.study.ask(fixed_distributions=site.space.distributions)
-                if not counts["running"]:
-                    return None  # every grid point was run or failed too often
-            if not wait:
-                return None
-            site.gate.wait(WAIT_SECONDS)
-
-
-def _grid_point_available(site: Worksite) -> bool:
-    """True when a grid point was never tried (the sampler picks it) or failed and may be tried again.
-
-    A failed point is queued here, so the next `ask` takes it: the grid sampler counts failed points as visited.
-    """
-    space = site.space
-    tried: dict[tuple[Any, ...], list[TrialState]] = {point: [] for point in space.points()}
-    for trial in site.study.get_trials(deepcopy=False):
-        params = trial.params or trial.system_attrs.get("fixed_params", {})
-        tried.setdefault(space.point(params), []).append(trial.state)
-    for point, states in tried.items():
-        if states and all(state == TrialState.FAIL for state in states) and len(states) < GRID_ATTEMPTS:
-            site.study.enqueue_trial(dict(zip(space.grid or {}, point, strict=True)))
-            return True
-    return any(not states for states in tried.values())
 
 
 def _start_run(site: Worksite, trial: optuna.Trial) -> str:
@@ -237,20 +150,19 @@ def _run_trial(site: Worksite, trial: optuna.Trial) -> None:
     """Train one trial in its own MLflow run, nested under the study run, and tell Optuna how it ended."""
     values, error, run_id = None, None, None
     try:
-        with get_heartbeat_thread(trial._trial_id, site.storage):
-            run_id = _start_run(site, trial)
-            tracked = _tracked_run(site, trial, run_id)
-            reporter = _reporter(site, trial)
+        run_id = _start_run(site, trial)
+        tracked = _tracked_run(site, trial, run_id)
+        reporter = _reporter(site, trial)
 
-            def on_epoch(metrics: EpochMetrics) -> None:
-                tracked.log_epoch(metrics)
-                reporter(metrics)
+        def on_epoch(metrics: EpochMetrics) -> None:
+            tracked.log_epoch(metrics)
+            reporter(metrics)
 
-            try:
-                result = fit(tracked.network, tracked.data.train, tracked.data.val, tracked.config.train, on_epoch)
-            finally:
-                tracked.close()
-            values = _conclude(site, trial, tracked, result)
+        try:
+            result = fit(tracked.network, tracked.data.train, tracked.data.val, tracked.config.train, on_epoch)
+        finally:
+            tracked.close()
+        values = _conclude(site, trial, tracked, result)
     except (Exception, KeyboardInterrupt) as raised:
         error = raised
     _end(site, trial, run_id, values, error)
@@ -270,9 +182,16 @@ def _end(
         reason = "interrupted"
     elif error is not None:
         reason = f"{type(error).__name__}: {error}"
-    if reason:
-        trial.set_user_attr("reason", reason[:1000])
-    site.study.tell(trial, values if state == TrialState.COMPLETE else None, state=state)
+    try:
+        if reason:
+            trial.set_user_attr("reason", reason[:1000])
+        site.study.tell(trial, values if state == TrialState.COMPLETE else None, state=state)
+    except UpdateFinishedTrialError:  # failed as stale while it ran (the storage was away longer than the grace)
+        state, values, reason = TrialState.FAIL, None, stale_reason()
+        if run_id:
+            runs.end_run(site.mlflow_client, run_id, runs.FAILED, reason)
+    finally:
+        site.heartbeats.release(trial._trial_id)
     if run_id:
         runs.set_tag(site.mlflow_client, run_id, names.TRIAL_STATE_TAG, state.name)
     _report_progress(site, trial.number, state, values, reason)
@@ -306,41 +225,44 @@ def _run_round(site: Worksite, trials: list[optuna.Trial]) -> None:
     on. Ctrl-C stops the round: every trial of it ends KILLED and FAIL.
     """
     entries = [_Entry(trial) for trial in trials]
-    with ExitStack() as beats:
-        try:
-            for entry in entries:
-                beats.enter_context(get_heartbeat_thread(entry.trial._trial_id, site.storage))
-                try:
-                    entry.run_id = _start_run(site, entry.trial)
-                    entry.tracked = _tracked_run(site, entry.trial, entry.run_id)
-                except Exception as error:
-                    entry.error = error
-            for group in _groups([entry for entry in entries if entry.error is None]):
-                _train_group(site, group)
-        except KeyboardInterrupt as stopped:
-            for entry in entries:
-                entry.error = entry.error or stopped
-        finally:
-            for entry in entries:
-                if entry.tracked is not None:
-                    entry.tracked.close()
-        interrupt: KeyboardInterrupt | None = None
+    try:
         for entry in entries:
-            values = None
-            if entry.error is None and interrupt is not None:
-                entry.error = interrupt  # Ctrl-C while an earlier trial of the round was measured
-            elif entry.error is None:
-                try:
-                    assert entry.tracked is not None and entry.result is not None
-                    values = _conclude(site, entry.trial, entry.tracked, entry.result)
-                except KeyboardInterrupt as stop:
-                    interrupt = entry.error = stop
-                except Exception as error:
-                    entry.error = error
             try:
-                _end(site, entry.trial, entry.run_id, values, entry.error)
-            except KeyboardInterrupt:
-                continue  # the round's other trials end too; the interrupt is raised again below
+                entry.run_id = _start_run(site, entry.trial)
+                entry.tracked = _tracked_run(site, entry.trial, entry.run_id)
+            except Exception as error:
+                entry.error = error
+        for group in _groups([entry for entry in entries if entry.error is None]):
+            _train_group(site, group)
+    except KeyboardInterrupt as stopped:
+        for entry in entries:
+            entry.error = entry.error or stopped
+    finally:
+        for entry in entries:
+            if entry.tracked is not None:
+                entry.tracked.close()
+    interrupt: KeyboardInterrupt | None = None
+    lost: Exception | None = None  # the storage or tracking server lost while ending a trial: raised once all ended
+    for entry in entries:
+        values = None
+        if entry.error is None and interrupt is not None:
+            entry.error = interrupt  # Ctrl-C while an earlier trial of the round was measured
+        elif entry.error is None:
+            try:
+                assert entry.tracked is not None and entry.result is not None
+                values = _conclude(site, entry.trial, entry.tracked, entry.result)
+            except KeyboardInterrupt as stop:
+                interrupt = entry.error = stop
+            except Exception as error:
+                entry.error = error
+        try:
+            _end(site, entry.trial, entry.run_id, values, entry.error)
+        except KeyboardInterrupt:
+            continue  # the round's other trials end too; the interrupt is raised again below
+        except Exception as error:
+            lost = lost or error  # the other trials' runs are ended all the same
+    if lost is not None:
+        raise lost
     if any(isinstance(entry.error, KeyboardInterrupt) for entry in entries):
         _stop_others(site)
 
