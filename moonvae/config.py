@@ -137,6 +137,10 @@ class TrainConfig:
             isinstance(self.patience, int) and self.patience >= 1,
             f"patience must be an integer >= 1, got {self.patience!r}",
         )
+        require(
+            _is_finite(self.lr_factor) and 0 < self.lr_factor < 1,
+            f"lr_factor must be a number between 0 and 1 (exclusive), got {self.lr_factor!r}",
+        )
         require(isinstance(self.seed, int) and self.seed >= 0, f"seed must be an integer >= 0, got {self.seed!r}")
         return self
 

@@ -4,10 +4,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from moonvae.core import batched, data
+from moonvae.core import batched, data, layout, passes, stacks
 from moonvae.core.batched import fit_batch
 from moonvae.core.models import build_model
-from moonvae.core.train import TrainingDiverged, evaluate, fit
+from moonvae.core.train import TrainingDiverged, fit, loss_terms
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -47,9 +47,9 @@ def test_hand_written_gradients_equal_autograd(small_config, moons, kind):
         variant(small_config, {"model": kind, "encoder_hidden": (8, 4), "latent_dim": 3, "beta": 2.0, "eps_w": 0.5}),
         variant(small_config, {"model": kind, "encoder_hidden": (2, 16), "decoder_hidden": (5,), "eps_w": 1.0}),
     ]
-    shapes = batched.layout(configs)
+    shapes = layout.of(configs)
     networks = [build_model(config.model, seed) for seed, config in enumerate(configs)]
-    weights = torch.cat([batched.pad(batched.network_tensors(network), shapes) for network in networks])
+    weights = torch.cat([layout.pad(layout.network_tensors(network), shapes) for network in networks])
     x, y = moons.train.x[:64], moons.train.y[:64]
     inputs = batched._inputs(data.Split(x, y), kind == "cvae").expand(2, -1, -1)
     generator = torch.Generator().manual_seed(0)
@@ -57,10 +57,10 @@ def test_hand_written_gradients_equal_autograd(small_config, moons, kind):
     scaled_noise = torch.zeros(2, 64, shapes["head.weight"][2])
     for row, config in enumerate(configs):
         scaled_noise[row, :, : config.model.latent_dim] = config.model.eps_w * noise[row]
-    layers = batched.Layers.of(weights, shapes)
-    state = batched.forward(layers, inputs, scaled_noise)
+    layers = passes.Layers.of(weights, shapes)
+    state = passes.forward(layers, inputs, scaled_noise)
     beta = batched._per_member([config.model.beta for config in configs])
-    grads = batched.backward(layers, state, beta, int(kind == "cvae")).flat()
+    grads = passes.backward(layers, state, beta, int(kind == "cvae")).flat()
     for row, (config, network) in enumerate(zip(configs, networks, strict=True)):
         mean, logvar = network.encode(x, y)
         z = mean + config.model.eps_w * noise[row] * torch.exp(0.5 * logvar)
@@ -68,10 +68,10 @@ def test_hand_written_gradients_equal_autograd(small_config, moons, kind):
         terms.loss.backward()
         assert state.mse[row].item() == pytest.approx(terms.mse.item(), rel=1e-5)
         assert state.kl[row].item() == pytest.approx(terms.kl.item(), rel=1e-5)
-        own = batched.unpad(grads[row], shapes, batched.layout([config]))
-        assert torch.equal(batched.pad(own, shapes)[0], grads[row])  # padded weights get exactly 0
+        own = layout.unpad(grads[row], shapes, layout.of([config]))
+        assert torch.equal(layout.pad(own, shapes)[0], grads[row])  # padded weights get exactly 0
         mine = build_model(config.model, 0)
-        batched.load_network(mine, own)
+        layout.load_tensors(mine, own)
         for (name, expected), actual in zip(network.named_parameters(), mine.parameters(), strict=True):
             torch.testing.assert_close(actual, expected.grad, rtol=1e-5, atol=1e-7, msg=name)
 
@@ -84,7 +84,7 @@ def test_a_member_does_not_depend_on_its_batch(small_config, moons):
     )
     faster = variant(small_config, {"latent_dim": 2}, batch_size=64, max_epochs=12, lr=1e-2, seed=3)
     diverging = variant(small_config, batch_size=64, lr=1e4, seed=4)
-    assert len(batched.partition([wider, member, faster, diverging])) == 1  # one stack: the padding shrinks
+    assert len(stacks.partition([wider, member, faster, diverging])) == 1  # one stack: the padding shrinks
     alone = fit_batch([member], *splits(moons))[0]
     together = fit_batch([wider, member, faster, diverging], *splits(moons))
     assert len(together[0].result.history) == 4 and together[3].diverged
@@ -116,7 +116,7 @@ def test_each_member_gets_its_own_network_with_its_best_weights(small_config, mo
         expected = build_model(config.model, 0)
         assert type(member.network) is type(expected) and not member.network.training
         assert [p.shape for p in member.network.parameters()] == [p.shape for p in expected.parameters()]
-        assert evaluate(member.network, moons.val).mse.item() == pytest.approx(member.result.best_val_mse, rel=1e-5)
+        assert loss_terms(member.network, moons.val).mse.item() == pytest.approx(member.result.best_val_mse, rel=1e-5)
         assert len(member.result.history) == config.train.max_epochs and not member.result.stopped_early
 
 
@@ -176,7 +176,7 @@ def test_narrow_members_share_a_stack_a_wide_one_is_not_padded_onto_them(small_c
         variant(small_config, {"encoder_hidden": (2,), "latent_dim": 2, "decoder_hidden": (w,)}) for w in (2, 4, 8)
     ]
     wide = variant(small_config, {"encoder_hidden": (128,), "latent_dim": 128, "decoder_hidden": (128,)})
-    assert sorted(sorted(group) for group in batched.partition([narrow[0], wide, *narrow[1:]])) == [[0, 2, 3], [1]]
+    assert sorted(sorted(group) for group in stacks.partition([narrow[0], wide, *narrow[1:]])) == [[0, 2, 3], [1]]
 
 
 def test_members_must_share_data_and_batch_size(small_config, moons):

@@ -22,6 +22,8 @@ from moonvae.tracking import names
         ({"lr": 0.0}, "lr"),
         ({"batch_size": 0}, "batch_size"),
         ({"max_epochs": 0}, "max_epochs"),
+        ({"lr_factor": 1.0}, "lr_factor"),
+        ({"lr_factor": 0.0}, "lr_factor"),
         ({"encoder_hidden": "8,-1"}, "encoder_hidden"),
         ({"decoder_hidden": "wide"}, "decoder_hidden"),
         ({"latent_dimension": 3}, "latent_dimension"),

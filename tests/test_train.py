@@ -7,7 +7,7 @@ import torch
 from moonvae.config import TrainConfig
 from moonvae.core import data
 from moonvae.core.models import build_model
-from moonvae.core.train import TrainingDiverged, evaluate, fit
+from moonvae.core.train import EpochMetrics, Schedule, TrainingDiverged, fit, loss_terms
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -30,7 +30,7 @@ def test_best_weights_are_restored(small_config, moons):
     network, result = train(small_config, moons, max_epochs=30)
     best = min(result.history, key=lambda epoch: epoch.val_mse)
     assert (result.best_epoch, result.best_val_mse) == (best.epoch, best.val_mse)
-    assert evaluate(network, moons.val).mse.item() == pytest.approx(result.best_val_mse, rel=1e-6)
+    assert loss_terms(network, moons.val).mse.item() == pytest.approx(result.best_val_mse, rel=1e-6)
     assert not network.training
 
 
@@ -84,9 +84,29 @@ def test_callback_sees_every_epoch_and_can_stop_training(small_config, moons):
 
 
 def test_nan_loss_stops_with_a_clear_message(small_config, moons):
-    poisoned = data.Split(moons.train.x.clone(), moons.train.y)
+    poisoned = data.Split(moons.train.x.clone(), moons.train.y.clone())
     poisoned.x[0, 0] = math.nan
+    given = data.Split(poisoned.x.clone(), poisoned.y.clone())
     network = build_model(small_config.model, 0)
     with pytest.raises(TrainingDiverged, match="not finite at epoch 0"):
         fit(network, poisoned, moons.val, TrainConfig(max_epochs=5))
-    assert torch.isfinite(moons.train.x).all()
+    torch.testing.assert_close(poisoned.x, given.x, rtol=0, atol=0, equal_nan=True)  # fit left its data as given
+    assert torch.equal(poisoned.y, given.y)
+
+
+def test_schedule_lowers_the_lr_as_torch_reduce_lr_on_plateau(small_config):
+    """Schedule's plateau rule, which fit and fit_batch follow, is torch's (mode min, default threshold)."""
+    config = replace(small_config.train, lr=1e-2, lr_patience=2, lr_factor=0.5, max_epochs=200, patience=200)
+    schedule = Schedule(config)
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=config.lr)
+    torch_rule = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=2)
+    generator = torch.Generator().manual_seed(0)
+    losses = (1 / torch.arange(1, 201) + 0.05 * torch.rand(200, generator=generator)).tolist()  # falls, then wobbles
+    lrs, torch_lrs = [], []
+    for epoch, loss in enumerate(losses):
+        schedule.record(EpochMetrics(epoch, loss, loss, loss, 0.0, schedule.lr))
+        torch_rule.step(loss)
+        lrs.append(schedule.lr)
+        torch_lrs.append(optimizer.param_groups[0]["lr"])
+    assert lrs == torch_lrs
+    assert len(set(lrs)) > 3  # the rule acted several times

@@ -26,7 +26,7 @@ from moonvae.analysis import aliases, figures, findings, reconstruction, report
 from moonvae.config import MODELS, RunConfig, SpaceName
 from moonvae.core import data as moons
 from moonvae.core.models import VAE, LatentBank
-from moonvae.core.train import evaluate as loss_terms
+from moonvae.core.train import loss_terms
 from moonvae.sampling import quality
 from moonvae.serving import loading
 from moonvae.tracking import names, runs

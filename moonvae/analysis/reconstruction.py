@@ -21,7 +21,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 from moonvae.config import DataConfig
 from moonvae.core.data import MoonsData, Split
 from moonvae.core.models import VAE, LatentBank
-from moonvae.core.train import evaluate as loss_terms
+from moonvae.core.train import loss_terms
 from moonvae.metrics import N_EVAL
 from moonvae.sampling.quality import knn
 from moonvae.sampling.sources import Samples, draw

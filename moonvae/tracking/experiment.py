@@ -16,7 +16,7 @@ from moonvae.config import RunConfig
 from moonvae.core import data as moons
 from moonvae.core import latent_stats
 from moonvae.core.models import VAE, LossTerms, build_model, latent_bank
-from moonvae.core.train import EpochCallback, EpochMetrics, TrainResult, evaluate, fit
+from moonvae.core.train import EpochCallback, EpochMetrics, TrainResult, fit, loss_terms
 from moonvae.sampling import sources
 from moonvae.sampling.sources import Judgement
 from moonvae.sampling.sources import draw as draw_samples
@@ -56,12 +56,12 @@ class Outcome:
         """
         bank = latent_bank(network, data.train.x, data.train.y)
         usage = latent_stats.latent_usage(bank.mean, bank.logvar, eps_w=network.config.eps_w)
-        train_mse = evaluate(network, data.train).mse.item()
+        train_mse = loss_terms(network, data.train).mse.item()
         mixture = sources.fit_latent_mixture(network, data, config.train.seed)
         judgement = sources.judge_sources(
             network, bank, mixture, data.train.x, config.data.noise, floor_cache=floor_cache
         )
-        return cls(network, result, evaluate(network, data.test), data, None, train_mse, usage, mixture, judgement)
+        return cls(network, result, loss_terms(network, data.test), data, None, train_mse, usage, mixture, judgement)
 
     def final_metrics(self) -> dict[str, float]:
         values = {
