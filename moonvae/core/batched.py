@@ -116,8 +116,16 @@ class _Stack:
         self.eps_w = _per_member([config.model.eps_w for config in configs])
         self.beta = _per_member([config.model.beta for config in configs])
         self.grad_clip = _per_member([config.train.grad_clip for config in configs])[:, 0]
+        latent = self.shapes["head.weight"][2]
         # the padded latents' noise stays 0; allocated once, as faulting in fresh pages every epoch was slow
-        self.noise = torch.zeros(len(self.members), len(self.train_inputs), self.shapes["head.weight"][2])
+        self.noise = torch.zeros(len(self.members), len(self.train_inputs), latent)
+        self.kl_scale = None  # the study's loss: 1
+        if any(config.model.kl_scale != 1 for config in configs):
+            self.kl_scale = torch.ones(len(configs), 1, latent)
+            for row, config in enumerate(configs):
+                self.kl_scale[row, :, : config.model.latent_dim] = config.model.kl_scale
+        # the VampPrior's gradients come from autograd, whose rounding would move padded weights: they are masked
+        self.own = layout.own_entries(configs, self.shapes) if self.layers.pseudo_inputs is not None else None
 
     def train_epoch(self) -> torch.Tensor:
         """One epoch of Adam steps for every member; returns each member's mean train loss [K]."""
@@ -132,10 +140,20 @@ class _Stack:
         lr = torch.tensor([member.schedule.lr for member in self.members], dtype=torch.float64)[:, None]
         total = torch.zeros(len(self.members))
         for batch, noise in zip(inputs.split(self.batch_size, 1), self.noise.split(self.batch_size, 1), strict=True):
-            state = forward(self.layers, batch, noise)
-            total += torch.addcmul(state.mse, self.beta[:, 0, 0], state.kl) * batch.shape[1]
-            self._adam_step(backward(self.layers, state, self.beta, self.conditions).flat(), lr)
+            loss, grad = self._gradient(batch, noise)
+            total += loss * batch.shape[1]
+            self._adam_step(grad, lr)
         return total / n
+
+    def _gradient(self, batch: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each member's loss [K] on the batch and its gradient [K, P]: by hand, or by autograd with the VampPrior."""
+        if self.own is None:
+            state = forward(self.layers, batch, noise, self.kl_scale)
+            return state.loss(self.beta), backward(self.layers, state, self.beta, self.conditions).flat()
+        weights = self.weights.detach().requires_grad_()
+        loss = forward(Layers.of(weights, self.shapes), batch, noise, self.kl_scale).loss(self.beta)
+        (grad,) = torch.autograd.grad(loss.sum(), weights)  # members share no weight: each row is its own gradient
+        return loss.detach(), grad.mul_(self.own)
 
     def _adam_step(self, grad: torch.Tensor, lr: torch.Tensor) -> None:
         """clip_grad_norm_ per member, then torch.optim.Adam's update with each member's lr."""
@@ -150,18 +168,23 @@ class _Stack:
 
     def validate(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """val loss, MSE and KL [K] with z at the posterior mean, as train.loss_terms."""
-        state = forward(self.layers, self.val_inputs.expand(len(self.members), -1, -1), None)
-        return torch.addcmul(state.mse, self.beta[:, 0, 0], state.kl), state.mse, state.kl
+        state = forward(self.layers, self.val_inputs.expand(len(self.members), -1, -1), None, self.kl_scale)
+        return state.loss(self.beta), state.mse, state.kl
+
+    def sigma_x(self) -> list[float | None]:
+        """Each member's learned observation noise (None under MSE)."""
+        if self.layers.log_sigma is None:
+            return [None] * len(self.members)
+        return self.layers.log_sigma[:, 0].exp().tolist()
 
     def epoch(self, epoch: int, on_epoch: BatchCallback | None) -> None:
         """Train and validate every member for one epoch, let each record it; finished members leave."""
         train_loss = self.train_epoch()
         figures = torch.stack([train_loss, *self.validate()], dim=1).tolist()
         improved, done = [], []
-        for row, member in enumerate(self.members):
-            member_improved, member_done = member.end_epoch(
-                EpochMetrics(epoch, *figures[row], member.schedule.lr), on_epoch
-            )
+        for row, (member, sigma_x) in enumerate(zip(self.members, self.sigma_x(), strict=True)):
+            metrics = EpochMetrics(epoch, *figures[row], member.schedule.lr, sigma_x)
+            member_improved, member_done = member.end_epoch(metrics, on_epoch)
             improved += [row] * member_improved
             done += [row] * member_done
         self.best[improved] = self.weights[improved]
@@ -188,7 +211,8 @@ class _Stack:
 
 
 def shared(config: RunConfig) -> dict[str, object]:
-    """What the members of one fit_batch call must share: the data, the batch size, the model kind and the depths.
+    """What the members of one fit_batch call must share: the data, the batch size, the model kind, the depths,
+    the likelihood and the prior (with its number of pseudo-inputs).
 
     Everything else (widths, latent size, lr, eps_w, beta, seeds, schedules) may differ.
     """
@@ -199,6 +223,9 @@ def shared(config: RunConfig) -> dict[str, object]:
         "model": model.model,
         "encoder depth": len(model.encoder_hidden),
         "decoder depth": len(model.decoder_hidden),
+        "likelihood": model.likelihood,
+        "prior": model.prior,
+        "pseudo_inputs": model.pseudo_inputs if model.vamp else None,
     }
 
 

@@ -19,6 +19,7 @@ from moonvae.config import RunConfig
 from moonvae.core.models import CVAE, DATA_DIM, VAE
 
 Layout = dict[str, tuple[int, ...]]  # parameter name -> shape of one member's tensor, in buffer order
+EXTRAS = ("log_sigma", "pseudo_inputs")  # the Gaussian likelihood's and the VampPrior's, after the layers
 
 
 def of(configs: Sequence[RunConfig]) -> Layout:
@@ -41,6 +42,10 @@ def of(configs: Sequence[RunConfig]) -> Layout:
         shapes[f"decoder.{i}.weight"], shapes[f"decoder.{i}.bias"] = (fan_in, width), (1, width)
         fan_in = width
     shapes["out.weight"], shapes["out.bias"] = (fan_in, DATA_DIM), (1, DATA_DIM)
+    if models[0].likelihood == "gaussian":  # members share these two (batched.shared): never padded
+        shapes["log_sigma"] = (1,)
+    if models[0].vamp:
+        shapes["pseudo_inputs"] = (models[0].pseudo_inputs, DATA_DIM)
     return shapes
 
 
@@ -59,6 +64,9 @@ def network_tensors(network: VAE) -> dict[str, torch.Tensor]:
     tensors["head.weight"] = torch.stack([encoder.mean.weight.T, encoder.logvar.weight.T], dim=1)
     tensors["head.bias"] = torch.stack([encoder.mean.bias, encoder.logvar.bias])[None]
     tensors["out.weight"], tensors["out.bias"] = decoder.out.weight.T, decoder.out.bias[None]
+    for name in EXTRAS:
+        if getattr(network, name) is not None:
+            tensors[name] = getattr(network, name)
     return {name: tensor.detach().clone() for name, tensor in tensors.items()}
 
 
@@ -78,6 +86,9 @@ def load_tensors(network: VAE, tensors: dict[str, torch.Tensor]) -> None:
         head.bias.copy_(tensors["head.bias"][0, index])
     decoder.out.weight.copy_(tensors["out.weight"].T)
     decoder.out.bias.copy_(tensors["out.bias"][0])
+    for name in EXTRAS:
+        if getattr(network, name) is not None:
+            getattr(network, name).copy_(tensors[name])
 
 
 def unflatten(flat: torch.Tensor, shapes: Layout) -> dict[str, torch.Tensor]:
@@ -109,6 +120,13 @@ def trim(flat: torch.Tensor, old: Layout, new: Layout) -> torch.Tensor:
     """A [K, P] buffer laid out as `old`, cut down to the narrower `new`."""
     views = unflatten(flat, old)
     return flatten({name: views[name][(slice(None), *_prefix(shape))] for name, shape in new.items()}, new)
+
+
+def own_entries(configs: Sequence[RunConfig], shapes: Layout) -> torch.Tensor:
+    """A [K, P] mask: 1 where a member's own parameters sit in `shapes`, 0 on its padding."""
+    return torch.cat(
+        [pad({name: torch.ones(shape) for name, shape in of([config]).items()}, shapes) for config in configs]
+    )
 
 
 def unpad(row: torch.Tensor, shapes: Layout, own: Layout) -> dict[str, torch.Tensor]:
