@@ -51,7 +51,7 @@ METRICS = (
     Metric("active_units", "run", "latent units whose posterior mean varies over the data (Burda et al. 2016)"),
     Metric("active_fraction", "run", "active_units over latent_dim"),
     Metric("mutual_info", "run", "I(x; z) under q in nats, at most log N: what the latent keeps about x"),
-    Metric("sigma_x", "run", "likelihood gaussian: the kept model's sigma_x, the noise its samples add"),
+    Metric("best_sigma_x", "run", "likelihood gaussian: sigma_x at best_epoch, the kept model's: its samples' noise"),
     Metric(
         "val_nelbo",
         "run",
@@ -104,7 +104,12 @@ METRICS = (
     Metric("latent_moon_accuracy", "analyse", "5-fold k-NN accuracy of the moon read off the training latents"),
 )
 
-CALIBRATED = ("sigma_x", "val_nelbo", "test_nelbo")  # logged by models with the Gaussian likelihood only
+CALIBRATED = (
+    "sigma_x",
+    "best_sigma_x",
+    "val_nelbo",
+    "test_nelbo",
+)  # logged by models with the Gaussian likelihood only
 SCOPES = ("epoch", "run", "source", "study", "pareto", "calibrated", "tune", "analyse")
 
 

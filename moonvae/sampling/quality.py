@@ -328,7 +328,7 @@ def summarise(scores: dict[str, list], floor: Floor, real_median: torch.Tensor, 
 
 
 def prior_sampler(network: VAE) -> Sampler:
-    """Decoded z ~ N(0, I)."""
+    """The model's samples from its prior: N(0, I), or its VampPrior."""
     return lambda n, generator, labels: network.sample(n, labels, generator).numpy()
 
 
@@ -342,6 +342,6 @@ def mixture_sampler(network: VAE, mixture: dict[str, torch.Tensor]) -> Sampler:
 
     @torch.inference_mode()
     def sample(n: int, generator: torch.Generator, labels: torch.Tensor | None) -> np.ndarray:
-        return network.decode(sample_mixture(mixture, n, labels, generator), labels).numpy()
+        return network.draw_point(sample_mixture(mixture, n, labels, generator), labels, generator).numpy()
 
     return sample
