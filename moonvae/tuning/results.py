@@ -30,20 +30,28 @@ GENERATOR_MSE_FACTOR = 2.0  # the generator reconstructs within this factor of t
 # or at least this well: a 0.01 rms error, invisible against the data's noise (0.15) and range. Without it, a
 # study whose best reconstruction is near 0 (tiny eps_w: 2e-7) admitted only near-deterministic autoencoders
 GENERATOR_MSE_TOLERANCE = 1e-4
+# with a calibrated decoder, the generator's held-out -ELBO is within this many nats per point of the study's best
+GENERATOR_NATS = 0.05
 
 
-def generator_trial(front: Sequence[tuple[int, float, float]]) -> int | None:
-    """The generator among Pareto trials (number, validation MSE, MMD ratio): the lowest MMD ratio among the
-    trials whose validation MSE is within GENERATOR_MSE_FACTOR of the best (which the front always holds)
-    or at most GENERATOR_MSE_TOLERANCE.
+def generator_trial(front: Sequence[tuple[int, float, float]], objective: str = "best_val_mse") -> int | None:
+    """The generator among Pareto trials (number, first objective, MMD ratio): the lowest MMD ratio among the
+    trials whose first objective is close enough to the best (which the front always holds).
 
-    A sampler that reconstructs badly is not what users want from a VAE, however good its samples;
-    within the bound, sample quality decides. Ties go to the lower MSE, then the earlier trial.
+    Close enough: a validation MSE within GENERATOR_MSE_FACTOR of the best or at most
+    GENERATOR_MSE_TOLERANCE; a held-out negative ELBO (`val_nelbo`, nats per point, on a log
+    scale and of either sign) within GENERATOR_NATS of the best. A sampler that fits the data
+    badly is not what users want from a VAE, however good its samples; within the bound,
+    sample quality decides. Ties go to the lower first objective, then the earlier trial.
     """
     if not front:
         return None
-    bound = max(GENERATOR_MSE_FACTOR * min(mse for _, mse, _ in front), GENERATOR_MSE_TOLERANCE)
-    eligible = [(ratio, mse, number) for number, mse, ratio in front if mse <= bound]
+    best = min(first for _, first, _ in front)
+    if objective == "val_nelbo":
+        bound = best + GENERATOR_NATS
+    else:
+        bound = max(GENERATOR_MSE_FACTOR * best, GENERATOR_MSE_TOLERANCE)
+    eligible = [(ratio, first, number) for number, first, ratio in front if first <= bound]
     return min(eligible)[2]
 
 
@@ -53,7 +61,7 @@ class StudyResult:
     model: str
     run_id: str
     counts: dict[str, int]  # trials by state name, over the whole study
-    best_value: float | None  # the best trial's validation MSE (its first objective)
+    best_value: float | None  # the best trial's first objective (validation MSE, or -ELBO with a calibrated decoder)
     best_trial: int | None  # the best trial; of a multi-objective study, the one registered
     best_params: dict[str, Any]
     registered: tuple[str, str, str] | None  # (model name, version, alias)
@@ -69,7 +77,7 @@ def summarise(study: optuna.Study, client: Client, run_id: str, target: Target, 
     metrics: dict[str, float] = {f"trials_{state.lower()}": counts[state] for state in ("COMPLETE", "PRUNED", "FAIL")}
     metrics["wall_seconds"] = seconds
     front = pareto_front(study) if len(target.objectives) > 1 else []
-    best = _best_trial(study, front)
+    best = _best_trial(study, front, target.objectives[0])
     values = dict(zip(target.objectives, best.values, strict=True)) if best else {}
     registered = None
     if best is not None:
@@ -81,7 +89,8 @@ def summarise(study: optuna.Study, client: Client, run_id: str, target: Target, 
         runs.set_tags(client, run_id, {names.BEST_RUN_TAG: best_run_id})
         summary = {"trial": best.number, "value": best.values[0], "params": best.params, "run_id": best_run_id}
         if front:
-            summary |= {"values": values, "rule": generator_rule(), "source": best.user_attrs.get(SOURCE_ATTR)}
+            rule = generator_rule(target.objectives[0])
+            summary |= {"values": values, "rule": rule, "source": best.user_attrs.get(SOURCE_ATTR)}
         runs.log_text(client, run_id, json.dumps(summary, indent=2), "best.json")
         registered = _register(client, target, best, best_metrics)
     if len(target.objectives) > 1:
@@ -146,7 +155,12 @@ def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
     return sorted(study.best_trials, key=lambda trial: trial.number)
 
 
-def generator_rule() -> str:
+def generator_rule(objective: str = "best_val_mse") -> str:
+    if objective == "val_nelbo":
+        return (
+            f"the Pareto trial with the lowest mmd_ratio among those whose val_nelbo is within "
+            f"{GENERATOR_NATS:g} nats per point of the study's best"
+        )
     return (
         f"the Pareto trial with the lowest mmd_ratio among those whose best_val_mse is within "
         f"{GENERATOR_MSE_FACTOR:g}x the study's best or at most {GENERATOR_MSE_TOLERANCE:g}"
@@ -179,10 +193,7 @@ def convergence(study: optuna.Study, logged: set[int], objectives: tuple[str, ..
 def entry_metrics(result: StudyResult) -> dict[str, float]:
     """A study's result as metrics of the run that launched it (`vae_best_val_mse`, ...)."""
     values = {"trials_complete": result.counts.get("COMPLETE", 0), "wall_seconds": result.seconds}
-    if result.best_value is not None:
-        values["best_val_mse"] = result.best_value
-    if "mmd_ratio" in result.best_values:
-        values["best_mmd_ratio"] = result.best_values["mmd_ratio"]
+    values |= {f"best_{short(name)}": value for name, value in result.best_values.items()}
     return {f"{result.model}_{key}": value for key, value in values.items()}
 
 
@@ -200,7 +211,7 @@ def note(
         lines.append(
             f"Pareto front ({', '.join(target.objectives)}): {len(front)} trials, "
             + ", ".join(str(trial.number) for trial in front)
-            + f" (`pareto.csv`, tag `{names.PARETO_TAG}`). The generator is {generator_rule()}."
+            + f" (`pareto.csv`, tag `{names.PARETO_TAG}`). The generator is {generator_rule(target.objectives[0])}."
         )
     if best is not None:
         source = best.user_attrs.get(SOURCE_ATTR)
@@ -217,10 +228,10 @@ def note(
     return "\n\n".join(lines)
 
 
-def _best_trial(study: optuna.Study, front: list[FrozenTrial]) -> FrozenTrial | None:
+def _best_trial(study: optuna.Study, front: list[FrozenTrial], objective: str) -> FrozenTrial | None:
     """The best trial; with several objectives, the Pareto trial the generator rule picks."""
     if len(study.directions) > 1:
-        chosen = generator_trial([(trial.number, *trial.values[:2]) for trial in front])
+        chosen = generator_trial([(trial.number, *trial.values[:2]) for trial in front], objective)
         return next((trial for trial in front if trial.number == chosen), None)
     try:
         return study.best_trial
@@ -305,7 +316,8 @@ def _register(
         return None
     name, alias = names.model_name(target.model), names.alias_for(target.space)
     tags = {names.STUDY_TAG: target.name, names.TRIAL_TAG: best.number, names.SPACE_TAG: target.space}
-    tags |= {key: value for key, value in best_metrics.items() if key.startswith(("best_val", "test_", "mmd_ratio"))}
+    kept = ("best_val", "best_sigma_x", "val_nelbo", "test_", "mmd_ratio")
+    tags |= {key: value for key, value in best_metrics.items() if key.startswith(kept)}
     if SOURCE_ATTR in best.user_attrs:
         tags[names.SAMPLING_SOURCE_TAG] = best.user_attrs[SOURCE_ATTR]
     version = registry.register_once(client, model_id, name, alias, tags=tags)
