@@ -188,12 +188,11 @@ class VAE(nn.Module):
     def kl(self, latents: dict[str, torch.Tensor]) -> torch.Tensor:
         """KL(q(z|x) || p(z)) summed over the points: exact for N(0, I), estimated at z for the VampPrior."""
         mean, logvar = latents["mean"], latents["logvar"]
-        scale = self.config.kl_scale
+        if self.config.kl_scale != 1:  # the posterior z is drawn from, N(mean, (kl_scale * std)^2)
+            logvar = logvar + 2 * math.log(self.config.kl_scale)
         if self.pseudo_inputs is None:
-            # 1 + log(s^2 var) - mean^2 - s^2 var; with the study's s = 1, its own expression
-            return -0.5 * torch.sum(1 + logvar + 2 * math.log(scale) - mean.pow(2) - scale**2 * logvar.exp())
-        z, log_scale = latents["z"], 2 * math.log(scale)
-        return torch.sum(log_normal(z, mean, logvar + log_scale) - self.log_prior(z, latents["y"]))
+            return -0.5 * torch.sum(1 + logvar - mean.pow(2) - logvar.exp())
+        return torch.sum(log_normal(latents["z"], mean, logvar) - self.log_prior(latents["z"], latents["y"]))
 
     def log_prior(self, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """log p(z) of each row under the VampPrior: the mean of the pseudo-inputs' posteriors (the CVAE's at y)."""
