@@ -20,7 +20,7 @@ tune: install  ## the main job: mlflow run . -e tune
 	mlflow run . -e tune --experiment-name moonvae --env-manager local $(ARGS)
 	@echo "studies: mlflow ui, then open $(UI_FILTER)"
 
-# The studies designed for the study's findings (README: The study's findings, judged), then analyse:
+# The studies designed for the study's findings (docs/findings.md), then analyse:
 # 100 random trials per model for importance, every point of the three grids (n_trials above their size).
 # A study already complete runs nothing again.
 FINDINGS_GRIDS := capacity data-seeds probabilistic-seeds

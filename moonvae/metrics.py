@@ -1,10 +1,10 @@
 """Every metric moonvae logs: its name, where it is logged, and what it means.
 
 The one home of metric definitions. A new metric is defined here first, then
-computed by the layer that owns its scope: `train.py` per epoch, `experiment.py`
-at the end of a run (`generation.py` per sampling source), `summary.py` on a study
-run, `evaluate.py` and `generation.py` in `analyse`.
-Tests hold each layer's names, and the README's metric table, to this list.
+computed by the layer that owns its scope: `core.train` per epoch, `tracking.experiment`
+at the end of a run (`sampling.sources` per sampling source), `tuning.results` on a study
+run and the tune run, `analysis.reconstruction` and `analysis.analyse` in `analyse`.
+Tests hold each layer's names, and the metric table of docs/metrics.md, to this list.
 """
 
 from __future__ import annotations

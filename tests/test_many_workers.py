@@ -1,6 +1,6 @@
 """Several `moonvae tune` processes on one PostgreSQL-backed study, tracking through a real `mlflow server`.
 
-What the README's "Many machines" section promises, on one machine: a throwaway
+What docs/distributed.md's "Many machines" section promises, on one machine: a throwaway
 PostgreSQL cluster (Debian's `postgresql` package) holds the Optuna study, an
 `mlflow server` on sqlite proxies the artifacts (both from tests/services.py), and two
 workers started at the same instant on a brand-new database and study share it until

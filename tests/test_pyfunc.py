@@ -109,7 +109,8 @@ def test_signature_description_requirements_and_example(registered):
     assert version.description == metadata["description"]  # the version says which source, with the figures
     local = Path(mlflow.artifacts.download_artifacts("models:/moonvae-cvae@champion"))
     requirements = (local / "requirements.txt").read_text().split()
-    assert "torch==2.13.0" in requirements and not any("+cpu" in line for line in requirements)
+    assert f"torch=={torch.__version__.split('+')[0]}" in requirements
+    assert not any("+cpu" in line for line in requirements)
     example = json.loads((local / "serving_input_example.json").read_text())
     assert example["dataframe_split"]["columns"] == ["x1", "x2", "label"] and example["params"]["mode"] == "sample"
     assert (local / "code" / "moonvae" / "core" / "models.py").is_file()  # the package travels with the model

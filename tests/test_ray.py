@@ -1,6 +1,6 @@
 """A study's workers on a Ray cluster: a throwaway head, PostgreSQL and `mlflow server` (tests/services.py).
 
-What the README's "On a Ray cluster" section promises, on one machine: `moonvae tune
+What docs/distributed.md's "On a Ray cluster" section promises, on one machine: `moonvae tune
 --ray-address ... --workers 2` sends the code and the settings to the cluster and runs
 the study there under its one study run; a worker process killed mid-trial is retried
 by Ray while its trial is failed by heartbeat and replaced; SIGTERM on the driver

@@ -50,9 +50,9 @@ WEIGHTS, CONFIG, LATENTS, MIXTURE, JUDGEMENT = "weights", "config", "latents", "
 LEGACY_SOURCE = "posterior"  # the default of models logged before they chose their own
 MODEL_CODE = Path(__file__).with_name("model_code.py")
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the whole moonvae package travels with the model
-PIP_REQUIREMENTS = [  # explicit: what loading needs, with torch pinned as in pyproject.toml
+PIP_REQUIREMENTS = [  # explicit: what loading needs, at the versions that logged it (inferred ones keep torch's +cpu)
     f"mlflow=={mlflow.__version__}",
-    "torch==2.13.0",
+    f"torch=={torch.__version__.split('+')[0]}",
     f"pandas=={pd.__version__}",
     f"numpy=={np.__version__}",
 ]

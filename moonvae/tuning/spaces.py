@@ -99,7 +99,7 @@ DATA_NOISES = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
 FINDINGS_EPOCHS = {"max_epochs": 300}  # the findings' studies: long enough to converge, short enough for 45 minutes
 FINDINGS_WIDTHS = (2, 4, 8, 32, 128)  # small (<= 8), large (>= 32) and tiny (<= 4) widths for findings 2-4
 
-# The study's three searches, the studies designed for its findings (README: Tune, Findings), then generation's.
+# The study's three searches, the studies designed for its findings (docs/tuning.md), then generation's.
 SPACES = {
     SpaceName.BASIC: Space(SpaceName.BASIC, "tpe", BASIC, pruner="median"),
     SpaceName.DATA: grid_space(
