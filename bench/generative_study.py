@@ -3,9 +3,10 @@
 Runs `moonvae tune --space generative` (in process: search.plan + search.run) for the
 VAE and the CVAE in a fresh folder (sqlite tracking store and Optuna storage; the
 MMD floor computed on the first trial and cached), then loads
-`models:/moonvae-{kind}@generator` and judges its default source as `analyse` does
+`models:/moonvae-{kind}@generator` and judges every source as `analyse` does
 (quality.FULL_SETS sets of 2000 points, seed 0). Prints per model: wall time, trials,
-the Pareto front's size, the generator's params, its validation figures, and the
+the Pareto front's size, the generator's params (its likelihood and prior among them),
+its validation figures, its learned sigma_x (calibrated decoders), and per source the
 full-protocol mmd_ratio (+- its standard error), c2st, copying, spacing and on_moon.
 The goals: MMD ratio <= 1.5, C2ST <= 0.52, copying >= 0.95 (CVAE on moon >= 0.995).
 
@@ -32,8 +33,8 @@ from moonvae.tracking import names, runs
 from moonvae.tuning import search
 
 
-def judge_generator(kind: str, seed: int = 0) -> tuple[str, dict[str, float], dict[str, str]]:
-    """The registered generator's default source, its full-protocol scores, and its params."""
+def judge_generator(kind: str, seed: int = 0) -> tuple[str, dict[str, dict[str, float]], dict[str, str], float | None]:
+    """The registered generator's default source, every source's full-protocol scores, its params and sigma_x."""
     python_model, run_id = loading.load_python_model(names.model_uri(kind, names.GENERATOR))
     config = python_model.config
     train = data.load(config.data).train
@@ -52,7 +53,7 @@ def judge_generator(kind: str, seed: int = 0) -> tuple[str, dict[str, float], di
             cache_dir=data.DEFAULT_CACHE_DIR,
         )
     params = runs.client().get_run(run_id).data.params
-    return judged.default_source, judged.judgement.scores[judged.default_source], params
+    return judged.default_source, judged.judgement.scores, params, python_model.network.sigma_x
 
 
 def main() -> None:
@@ -80,15 +81,17 @@ def main() -> None:
             f"({wall / args.trials:.1f} s per trial); load {os.getloadavg()[0]:.1f}"
         )
         print(f"  Pareto front {len(result.pareto)} trials; generator trial {result.best_trial}: {values} (validation)")
-        source, scores, params = judge_generator(kind)
-        searched = {key: params[key] for key in plan.space.distributions}
-        print(f"  params {searched}")
-        error = scores["mmd_ratio_std"] / math.sqrt(quality.FULL_SETS)
-        on_moon = f", on_moon {scores['on_moon']:.4f}" if "on_moon" in scores else ""
-        print(
-            f"  @generator source {source}, full protocol: mmd_ratio {scores['mmd_ratio']:.2f} +- {error:.2f}, "
-            f"c2st {scores['c2st']:.3f}, copying {scores['copying']:.3f}, spacing {scores['spacing']:.3f}{on_moon}"
-        )
+        default, judged, params, sigma_x = judge_generator(kind)
+        searched = {key: params[key] for key in (*plan.space.distributions, "likelihood")}
+        print(f"  params {searched}" + (f"; sigma_x {sigma_x:.4f}" if sigma_x is not None else ""))
+        for source, scores in judged.items():
+            error = scores["mmd_ratio_std"] / math.sqrt(quality.FULL_SETS)
+            on_moon = f", on_moon {scores['on_moon']:.4f}" if "on_moon" in scores else ""
+            print(
+                f"  @generator source {source}{' (default)' if source == default else ''}, full protocol: "
+                f"mmd_ratio {scores['mmd_ratio']:.2f} +- {error:.2f}, c2st {scores['c2st']:.3f}, "
+                f"copying {scores['copying']:.3f}, spacing {scores['spacing']:.3f}{on_moon}"
+            )
 
 
 if __name__ == "__main__":

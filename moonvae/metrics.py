@@ -56,7 +56,7 @@ METRICS = (
         "val_nelbo",
         "run",
         "likelihood gaussian: -ELBO on the validation split in nats per point (beta 1, q as z is drawn, "
-        "16 draws per point), a bound on -log p(x): the generative study's first objective",
+        "128 draws of z per point), a bound on -log p(x): the generative study's first objective",
     ),
     Metric("test_nelbo", "run", "likelihood gaussian: the same on the test split"),
     Metric("mmd_floor", "run", "the squared MMD exact samplers score at the run's noise: what each mmd_ratio divides"),

@@ -10,7 +10,8 @@ Padding is exact, not approximate: a padded unit has zero weights in and out, so
 its activation is 0 and ReLU passes it no gradient; a padded latent has mean 0,
 log-variance 0 and no noise, so its KL term, its z and every gradient through it
 are 0. Zero gradients leave Adam's moments at 0, so padded weights stay 0 and
-each member computes exactly its own network.
+each member computes exactly its own network. (The VampPrior's gradients come from
+autograd, whose rounding leaves a trace on padded entries: they are masked to 0.)
 
 Each member draws its batch order and noise from its own generator seeded with
 its own seed, so its numbers do not depend on which others train beside it.
