@@ -1,7 +1,7 @@
 """What the calibrated decoder learns and how its samples look: sigma_x, the -ELBO, the prior's moons, every source.
 
 Trains a sigma-VAE (likelihood gaussian; eps_w 1, beta 1, latent 2, encoder and decoder
-2 x 32, Adam 3e-3 without lr decay, --epochs epochs, on 1000 points of the given noise)
+2 x --width, Adam 3e-3 without lr decay, --epochs epochs, on 1000 points of the given noise)
 for each model x prior x noise x seed asked for, and prints per run: the kept model's
 sigma_x, its validation -ELBO in nats per point (+- its Monte Carlo error), the share
 of its prior samples on the requested moon (CVAE; chance is 0.5, an exact sampler 0.991
@@ -11,7 +11,7 @@ copying and on_moon. Then, per model x prior x noise, sigma_x's mean and spread 
 the seeds.
 
 Run: python bench/calibration.py [--models vae cvae] [--priors normal vamp] [--noises 0.15 0.05]
-     [--seeds 0 1 2] [--epochs 1500] [--judge]
+     [--seeds 0 1 2] [--epochs 1500] [--width 32] [--judge]
 """
 
 from __future__ import annotations
@@ -33,11 +33,11 @@ from moonvae.sampling import quality, sources
 ON_MOON_POINTS = 2000
 
 
-def config(model: str, prior: str, noise: float, seed: int, epochs: int) -> RunConfig:
+def config(model: str, prior: str, noise: float, seed: int, epochs: int, width: int) -> RunConfig:
     model_config = ModelConfig(
         model=model,
-        encoder_hidden=(32, 32),
-        decoder_hidden=(32, 32),
+        encoder_hidden=(width, width),
+        decoder_hidden=(width, width),
         latent_dim=2,
         beta=1.0,
         eps_w=1.0,
@@ -59,6 +59,7 @@ def main() -> None:
     parser.add_argument("--noises", nargs="+", type=float, default=[0.15, 0.05])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--epochs", type=int, default=1500)
+    parser.add_argument("--width", type=int, default=32, help="of the encoder's and the decoder's two layers")
     parser.add_argument("--judge", action="store_true", help="judge every source with the full protocol")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -68,7 +69,7 @@ def main() -> None:
             for model in args.models:
                 for prior in args.priors:
                     for seed in args.seeds:
-                        run = config(model, prior, noise, seed, args.epochs)
+                        run = config(model, prior, noise, seed, args.epochs, args.width)
                         moons = data.load(run.data, Path(tmp))
                         network = build_model(run.model, seed)
                         result = fit(network, moons.train, moons.val, run.train)
