@@ -2,9 +2,10 @@
 
 Runs `moonvae tune --space generative` (in process: search.plan + search.run) for the
 VAE and the CVAE in a fresh folder (sqlite tracking store and Optuna storage), then loads
-`models:/moonvae-{kind}@generator` and judges its default source as `analyse` does
+`models:/moonvae-{kind}@generator` and judges every source as `analyse` does
 (quality.FULL_SETS sets of 2000 points, seed 0). Prints per model: wall time, trials,
-the Pareto front's size, the generator's params, its validation figures, and the
+the Pareto front's size, the generator's params (its likelihood and prior among them),
+its validation figures, its learned sigma_x (calibrated decoders), and per source the
 full-protocol MMD summary and widths, c2st, copying, spacing and on_moon, each with its
 standard error over the sets.
 
@@ -30,8 +31,8 @@ from moonvae.tracking import names, runs
 from moonvae.tuning import search
 
 
-def judge_generator(kind: str, seed: int = 0) -> tuple[str, dict[str, float], dict[str, str]]:
-    """The registered generator's default source, its full-protocol scores, and its params."""
+def judge_generator(kind: str, seed: int = 0) -> tuple[str, dict[str, dict[str, float]], dict[str, str], float | None]:
+    """The registered generator's default source, every source's full-protocol scores, its params and sigma_x."""
     python_model, run_id = loading.load_python_model(names.model_uri(kind, names.GENERATOR))
     config = python_model.config
     train = data.load(config.data).train
@@ -49,7 +50,7 @@ def judge_generator(kind: str, seed: int = 0) -> tuple[str, dict[str, float], di
             seed=seed,
         )
     params = runs.client().get_run(run_id).data.params
-    return surveyed.default_source, surveyed.judgement.scores[surveyed.default_source], params
+    return surveyed.default_source, surveyed.judgement.scores, params, python_model.network.sigma_x
 
 
 def main() -> None:
@@ -77,13 +78,17 @@ def main() -> None:
             f"({wall / args.trials:.1f} s per trial); load {os.getloadavg()[0]:.1f}"
         )
         print(f"  Pareto front {len(result.pareto)} trials; generator trial {result.best_trial}: {values} (validation)")
-        source, scores, params = judge_generator(kind)
-        searched = {key: params[key] for key in plan.space.distributions}
-        print(f"  params {searched}")
-        figures = ", ".join(
-            f"{score} {scores[score]:.3g} +- {scores[score + '_se']:.2g}" for score in quality.SCORES if score in scores
-        )
-        print(f"  @generator source {source}, full protocol ({scores['sets']} sets): {figures}")
+        default, judged, params, sigma_x = judge_generator(kind)
+        searched = {key: params[key] for key in (*plan.space.distributions, "likelihood")}
+        print(f"  params {searched}" + (f"; sigma_x {sigma_x:.4f}" if sigma_x is not None else ""))
+        for source, scores in judged.items():
+            figures = ", ".join(
+                f"{score} {scores[score]:.3g} +- {scores[score + '_se']:.2g}"
+                for score in quality.SCORES
+                if score in scores
+            )
+            mark = " (default)" if source == default else ""
+            print(f"  @generator source {source}{mark}, full protocol ({scores['sets']} sets): {figures}")
 
 
 if __name__ == "__main__":

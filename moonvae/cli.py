@@ -20,8 +20,10 @@ from typing import Any
 import click
 
 from moonvae.config import (
+    LIKELIHOODS,
     MODELS,
     N_TRIALS,
+    PRIORS,
     TRIALS_AT_ONCE,
     ConfigError,
     DataConfig,
@@ -95,6 +97,9 @@ TRAINING_PARAMETERS: list[tuple[str, type, Any, str | None]] = [
     ("latent_dim", int, MODEL["latent_dim"], None),
     ("beta", float, MODEL["beta"], "KL weight"),
     ("eps_w", float, MODEL["eps_w"], "reparameterisation noise weight"),
+    ("likelihood", str, MODEL["likelihood"], f"{' or '.join(LIKELIHOODS)}: gaussian learns sigma_x, samples add it"),
+    ("prior", str, MODEL["prior"], f"{' or '.join(PRIORS)}: vamp, a VampPrior of learned pseudo-inputs"),
+    ("pseudo_inputs", int, MODEL["pseudo_inputs"], "the VampPrior's components"),
     ("max_epochs", int, TRAIN["max_epochs"], None),
     ("patience", int, TRAIN["patience"], "early stopping, epochs"),
     ("seed", int, TRAIN["seed"], None),
@@ -135,9 +140,10 @@ def run_config(values: dict[str, Any]) -> RunConfig:
 
 def print_epoch(metrics: Any) -> None:  # a train.EpochMetrics
     if metrics.epoch % EPOCH_LINE_EVERY == 0:
+        sigma_x = "" if metrics.sigma_x is None else f"  sigma_x {metrics.sigma_x:.4f}"
         click.echo(
             f"epoch {metrics.epoch:4d}  train_loss {metrics.train_loss:.5f}  val_mse {metrics.val_mse:.5f}  "
-            f"val_kl {metrics.val_kl:.5f}  lr {metrics.lr:.0e}"
+            f"val_kl {metrics.val_kl:.5f}  lr {metrics.lr:.0e}{sigma_x}"
         )
 
 
@@ -174,9 +180,15 @@ def train(register: str, **values: Any) -> None:
     except TrainingDiverged as error:
         fail(str(error), code=1)
     metrics = outcome.final_metrics()
+    calibrated = (
+        f", sigma_x {metrics['best_sigma_x']:.4f}, test -ELBO {metrics['test_nelbo']:.4f} nats per point"
+        if "best_sigma_x" in metrics
+        else ""
+    )
     click.echo(
         f"done: {metrics['epochs']} epochs, best val_mse {metrics['best_val_mse']:.5f} "
         f"(epoch {metrics['best_epoch']}), test_mse {metrics['test_mse']:.5f}, test_kl {metrics['test_kl']:.5f}"
+        f"{calibrated}"
     )
     click.echo(outcome.judgement.note())
     if register:

@@ -13,6 +13,8 @@ from enum import StrEnum
 from typing import Any
 
 MODELS = ("vae", "cvae")  # the model kinds: an unconditional VAE, and a CVAE conditioned on the moon
+LIKELIHOODS = ("mse", "gaussian")  # p(x|z): the study's squared error, or a Gaussian with a learned sigma_x
+PRIORS = ("normal", "vamp")  # p(z): N(0, I), or a VampPrior of learned pseudo-inputs
 N_TRIALS = 100  # trials a study holds when `tune` is not told otherwise, as in the study
 TRIALS_AT_ONCE = 8  # K: trials a worker trains together as one vectorised model (trials.py)
 # where a model's samples draw their latents: the aggregate posterior, the prior N(0, I), a fitted latent mixture
@@ -91,6 +93,9 @@ class ModelConfig:
     latent_dim: int = 128
     beta: float = 1.0  # weight of the KL term
     eps_w: float = 0.1  # noise weight in the reparameterisation; 1.0 collapses the posterior
+    likelihood: str = "mse"  # mse, the study's loss (samples are the decoder's mean); gaussian: sigma_x learned
+    prior: str = "normal"  # normal, N(0, I); vamp: a VampPrior, the posteriors of `pseudo_inputs` learned points
+    pseudo_inputs: int = 32  # K, the VampPrior's components
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "encoder_hidden", parse_widths(self.encoder_hidden, "encoder_hidden"))
@@ -100,6 +105,19 @@ class ModelConfig:
     def conditional(self) -> bool:
         return self.model == "cvae"
 
+    @property
+    def vamp(self) -> bool:
+        return self.prior == "vamp"
+
+    @property
+    def kl_scale(self) -> float:
+        """The std of q(z|x) in the KL, in units of the encoder's std.
+
+        eps_w, the noise z is drawn with, so the KL is the true posterior's, except in
+        the study's own loss (mse, normal), whose KL takes the encoder's std alone.
+        """
+        return 1.0 if (self.likelihood, self.prior) == (LIKELIHOODS[0], PRIORS[0]) else self.eps_w
+
     def validate(self) -> ModelConfig:
         require(self.model in MODELS, f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
         require(
@@ -108,6 +126,15 @@ class ModelConfig:
         )
         require(_is_finite(self.beta) and self.beta > 0, f"beta must be a number > 0, got {self.beta!r}")
         require(_is_finite(self.eps_w) and self.eps_w > 0, f"eps_w must be a number > 0, got {self.eps_w!r}")
+        require(
+            self.likelihood in LIKELIHOODS,
+            f"likelihood must be one of {', '.join(LIKELIHOODS)}, got {self.likelihood!r}",
+        )
+        require(self.prior in PRIORS, f"prior must be one of {', '.join(PRIORS)}, got {self.prior!r}")
+        require(
+            isinstance(self.pseudo_inputs, int) and self.pseudo_inputs >= 1,
+            f"pseudo_inputs must be an integer >= 1, got {self.pseudo_inputs!r}",
+        )
         return self
 
 
@@ -136,6 +163,10 @@ class TrainConfig:
         require(
             isinstance(self.patience, int) and self.patience >= 1,
             f"patience must be an integer >= 1, got {self.patience!r}",
+        )
+        require(
+            _is_finite(self.lr_factor) and 0 < self.lr_factor < 1,
+            f"lr_factor must be a number between 0 and 1 (exclusive), got {self.lr_factor!r}",
         )
         require(isinstance(self.seed, int) and self.seed >= 0, f"seed must be an integer >= 0, got {self.seed!r}")
         return self

@@ -19,18 +19,29 @@ class Metric:
     name: str
     # epoch (step = epoch), run (a train run or trial), source (per sampling source: `<source>_<name>` on every run,
     # `<model>_<source>_<name>` and `<model>_<alias>_<source>_<name>` in analyse; every score but the sets with its
-    # standard error over the sets, `<source>_<name>_se`), study (study run), pareto (study
-    # run of a multi-objective study), tune (entry run), analyse
+    # standard error over the sets, `<source>_<name>_se`), study (study run), pareto (study run of a multi-objective
+    # study), calibrated (study run of a generative study with likelihood gaussian, in place of the study scope's
+    # val_mse series), tune (entry run), analyse
     scope: str
     meaning: str
 
 
 METRICS = (
-    Metric("train_loss", "epoch", "mse + beta * kl on the training split, averaged over the epoch's batches"),
-    Metric("val_loss", "epoch", "mse + beta * kl on the validation split (posterior mean)"),
+    Metric(
+        "train_loss",
+        "epoch",
+        "reconstruction + beta * kl on the training split, averaged over the epoch's batches (reconstruction: mse, "
+        "or with likelihood gaussian the negative log-likelihood per coordinate)",
+    ),
+    Metric("val_loss", "epoch", "reconstruction + beta * kl on the validation split (posterior mean)"),
     Metric("val_mse", "epoch", "squared error on the validation split, summed and divided by its element count"),
-    Metric("val_kl", "epoch", "KL(q(z|x) || N(0, I)) on the validation split, divided by the same count"),
+    Metric(
+        "val_kl",
+        "epoch",
+        "KL(q(z|x) || p(z)) on the validation split, divided by the same count (VampPrior: estimated at the mean)",
+    ),
     Metric("lr", "epoch", "the learning rate the epoch ran with (ReduceLROnPlateau lowers it)"),
+    Metric("sigma_x", "epoch", "likelihood gaussian: the learned observation noise, the std of p(x|z)"),
     Metric("best_val_mse", "run", "the lowest val_mse; the weights of that epoch are the ones kept"),
     Metric("best_epoch", "run", "the epoch of best_val_mse"),
     Metric("epochs", "run", "epochs trained before early stopping or max_epochs"),
@@ -49,6 +60,14 @@ METRICS = (
     Metric("mmd_mid", "source", "the same at width 2 x noise (0.3 at the default): the moons' thickness and curvature"),
     Metric("mmd_fine", "source", "the same at width noise / 2 (0.075 at the default): the noise itself"),
     Metric("mmd_summary", "source", "the geometric mean of mmd_wide, mmd_mid and mmd_fine: what decisions compare"),
+    Metric("best_sigma_x", "run", "likelihood gaussian: sigma_x at best_epoch, the kept model's: its samples' noise"),
+    Metric(
+        "val_nelbo",
+        "run",
+        "likelihood gaussian: -ELBO on the validation split in nats per point (beta 1, q as z is drawn, "
+        "128 draws of z per point), a bound on -log p(x): the generative study's first objective",
+    ),
+    Metric("test_nelbo", "run", "likelihood gaussian: the same on the test split"),
     Metric("c2st", "source", "held-out accuracy of a k-NN classifier telling samples from exact draws (0.5: alike)"),
     Metric("copying", "source", "median sample-to-nearest-training-point distance over exact draws' (< 1: copies)"),
     Metric("spacing", "source", "median distance between nearest samples over exact draws' (< 1: clumps)"),
@@ -69,12 +88,20 @@ METRICS = (
     Metric("best_mmd_summary", "pareto", "the lowest mmd_summary among trials up to this one (step = trial number)"),
     Metric("pareto_trials", "pareto", "trials on the Pareto front of the trials up to this one (step = trial number)"),
     Metric(
+        "trial_val_nelbo",
+        "calibrated",
+        "each complete trial's val_nelbo, the first objective in place of trial_val_mse (step = trial number)",
+    ),
+    Metric("best_val_nelbo", "calibrated", "the lowest val_nelbo among trials up to this one (step = trial number)"),
+    Metric("best_test_nelbo", "calibrated", "the generator's test_nelbo"),
+    Metric(
         "best_val_mse",
         "tune",
-        "per model: the best trial's (generative: the generator's), on the entry run of model=both",
+        "per model: the best trial's (generative: the generator's, unless calibrated), on the entry run of model=both",
     ),
     Metric("best_mmd_summary", "tune", "per model, generative space: the registered generator's mmd_summary"),
     Metric("best_mmd_summary_se", "tune", "its standard error"),
+    Metric("best_val_nelbo", "tune", "per model, generative space, likelihood gaussian: the generator's val_nelbo"),
     Metric("trials_complete", "tune", "per model: the study's complete trials"),
     Metric("wall_seconds", "tune", "per model: the study's wall time in this call"),
     Metric("test_mse", "analyse", "test_mse recomputed from the loaded model on its own test split"),
@@ -84,7 +111,13 @@ METRICS = (
     Metric("latent_moon_accuracy", "analyse", "5-fold k-NN accuracy of the moon read off the training latents"),
 )
 
-SCOPES = ("epoch", "run", "source", "study", "pareto", "tune", "analyse")
+CALIBRATED = (
+    "sigma_x",
+    "best_sigma_x",
+    "val_nelbo",
+    "test_nelbo",
+)  # logged by models with the Gaussian likelihood only
+SCOPES = ("epoch", "run", "source", "study", "pareto", "calibrated", "tune", "analyse")
 
 
 def names(scope: str) -> tuple[str, ...]:

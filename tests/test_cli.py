@@ -48,6 +48,9 @@ def test_train_logs_a_complete_run(workdir):
         (["--noise", "-1"], "noise"),
         (["--model", "gan"], "model"),
         (["--eps-w", "0"], "eps_w"),
+        (["--likelihood", "laplace"], "likelihood"),
+        (["--prior", "flow"], "prior"),
+        (["--prior", "vamp", "--pseudo-inputs", "0"], "pseudo_inputs"),
         (["--lr", "abc"], "--lr"),
         (["--n-sample", "5"], "--n-sample"),
     ],
@@ -73,10 +76,17 @@ def test_mlflow_run_train_entry_point(workdir):
     assert len(run.outputs.model_outputs) == 1
 
 
-def test_mlflow_run_bad_parameter_fails_cleanly(workdir):
-    done = mlflow_run(workdir, "train", "latent_dim=-3")
+@pytest.mark.parametrize(
+    ("param", "message"),
+    [
+        ("latent_dim=-3", "latent_dim must be an integer >= 1, got -3"),
+        ("pseudo_inputs=0", "pseudo_inputs must be an integer >= 1, got 0"),
+    ],
+)
+def test_mlflow_run_bad_parameter_fails_cleanly(workdir, param, message):
+    done = mlflow_run(workdir, "train", param)
     assert done.returncode != 0
-    assert "moonvae: error: latent_dim must be an integer >= 1, got -3" in done.stderr
+    assert f"moonvae: error: {message}" in done.stderr
     _, (run,) = runs(workdir)
     assert run.info.status == "FAILED"
 

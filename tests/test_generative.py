@@ -1,6 +1,7 @@
 """The generative search: two objectives, a Pareto front on the study run, the generator registered and loaded.
 
-A real study (Optuna RDB storage, MLflow sqlite store) of tiny CVAE trials, run once for the module.
+A real study (Optuna RDB storage, MLflow sqlite store) of tiny CVAE trials, run once for the module: its
+decoders calibrated (the space's default likelihood), so its first objective is the held-out -ELBO.
 """
 
 import io
@@ -49,14 +50,16 @@ def test_a_multi_objective_space_refuses_a_pruner_in_one_line(workdir):
 def test_every_trial_holds_both_objectives_and_its_front_membership(tuned):
     client, result, study = tuned
     assert study.directions == [optuna.study.StudyDirection.MINIMIZE] * 2
-    assert study.metric_names == ["best_val_mse", "mmd_summary"]  # named for optuna-dashboard
+    assert study.metric_names == ["val_nelbo", "mmd_summary"]  # named for optuna-dashboard
     complete = study.get_trials(states=(TrialState.COMPLETE,))
     assert len(complete) == N_TRIALS
     front = {trial.number for trial in study.best_trials}
     assert sorted(front) == result.pareto and front
     for trial in complete:
         run = client.get_run(trial.user_attrs["mlflow_run_id"])
-        assert run.data.metrics["best_val_mse"] == pytest.approx(trial.values[0])
+        assert run.data.metrics["val_nelbo"] == pytest.approx(trial.values[0])
+        assert run.data.params["likelihood"] == "gaussian" and run.data.params["prior"] == trial.params["prior"]
+        assert run.data.metrics["best_sigma_x"] > 0
         assert run.data.metrics["mmd_summary"] == pytest.approx(trial.values[1])
         source = trial.user_attrs["source"]
         assert run.data.tags["moonvae.sampling_source"] == source
@@ -71,13 +74,15 @@ def test_every_trial_holds_both_objectives_and_its_front_membership(tuned):
 def test_the_study_run_holds_both_series_the_front_and_its_plot(tuned):
     client, result, study = tuned
     run = client.get_run(result.run_id)
-    assert set(run.data.metrics) == set(metrics.names("study")) | set(metrics.names("pareto"))
+    reconstruction = {"trial_val_mse", "best_val_mse"}  # a calibrated study's first objective is val_nelbo
+    expected = set(metrics.names("study")) - reconstruction | set(metrics.names("pareto"))
+    assert set(run.data.metrics) == expected | set(metrics.names("calibrated"))
     trials = sorted(study.trials, key=lambda trial: trial.number)
 
     def series(key):
         return {p.step: p.value for p in client.get_metric_history(result.run_id, key)}
 
-    assert series("trial_val_mse") == pytest.approx({t.number: t.values[0] for t in trials})
+    assert series("trial_val_nelbo") == pytest.approx({t.number: t.values[0] for t in trials})
     assert series("trial_mmd_summary") == pytest.approx({t.number: t.values[1] for t in trials})
     assert series("best_mmd_summary") == pytest.approx(
         {t.number: min(u.values[1] for u in trials[: t.number + 1]) for t in trials}
@@ -89,7 +94,8 @@ def test_the_study_run_holds_both_series_the_front_and_its_plot(tuned):
     assert sorted(front["trial"]) == result.pareto and front["generator"].sum() == 1
     assert int(front.loc[front["generator"], "trial"].iloc[0]) == result.best_trial
     note = run.data.tags["mlflow.note.content"]
-    assert f"Pareto front (best_val_mse, mmd_summary): {len(result.pareto)} trials" in note
+    assert f"Pareto front (val_nelbo, mmd_summary): {len(result.pareto)} trials" in note
+    assert results.generator_rule("val_nelbo") in note
     assert f"Generator: trial {result.best_trial}" in note and "moonvae-cvae@generator" in note
     generator = next(t for t in trials if t.number == result.best_trial)
     error = generator.user_attrs["mmd_summary_se"]  # the generator's summary, with its standard error
@@ -100,7 +106,7 @@ def test_the_study_run_holds_both_series_the_front_and_its_plot(tuned):
 def test_the_generator_is_registered_by_the_rule_and_samples_from_its_source(tuned):
     client, result, study = tuned
     front = [(t.number, *t.values, t.user_attrs["mmd_summary_se"]) for t in study.best_trials]
-    assert result.best_trial == results.generator_trial(front)
+    assert result.best_trial == results.generator_trial(front, "val_nelbo")
     name, version, alias = result.registered
     assert (name, alias) == ("moonvae-cvae", "generator")
     generator = next(t for t in study.trials if t.number == result.best_trial)
@@ -144,6 +150,21 @@ def test_between_summaries_the_uncertainty_cannot_tell_apart_the_better_reconstr
     # errors unknown (trials of an older study): the summaries alone decide
     assert results.generator_trial([(0, 0.0010, 3.7, math.nan), (1, 0.0015, 3.5, math.nan)]) == 1
     assert names.alias_for("generative") == "generator" and names.alias_for("basic") == "champion"
+
+
+def test_with_a_calibrated_decoder_the_rule_trades_no_more_than_the_stated_nats():
+    front = [(0, -0.30, 9.0), (1, -0.27, 2.0), (2, -0.24, 1.1), (3, 0.5, 1.0)]
+    assert results.generator_trial(front, "val_nelbo") == 1  # 2 and 3 sample better but fit > 0.05 nats worse
+    assert results.generator_trial([(4, 1.2, 3.0)], "val_nelbo") == 4
+    assert "0.05 nats per point" in results.generator_rule("val_nelbo")
+
+
+def test_the_generative_space_searches_the_prior_and_calibrates_unless_told_otherwise(workdir):
+    calibrated = search.plan("vae", "generative", fixed=TINY).targets[0]
+    assert calibrated.fixed["likelihood"] == "gaussian" and calibrated.objectives == ("val_nelbo", "mmd_summary")
+    assert "prior" in search.SPACES["generative"].distributions
+    as_before = search.plan("vae", "generative", study_base="mse", fixed=TINY | {"likelihood": "mse"}).targets[0]
+    assert as_before.objectives == ("best_val_mse", "mmd_summary")
 
 
 def test_convergence_of_two_objectives_is_the_best_of_each_and_the_front_so_far(tmp_path):

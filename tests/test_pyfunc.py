@@ -25,6 +25,7 @@ from trained import older_model, tracking_store, train_and_register
 from moonvae.cli import main
 from moonvae.config import SOURCES, DataConfig, ModelConfig, RunConfig, TrainConfig
 from moonvae.core.models import CVAE, traversal_latents
+from moonvae.sampling import quality
 from moonvae.serving import pyfunc
 from moonvae.tracking import runs
 
@@ -338,3 +339,56 @@ def test_train_refuses_a_bad_model_name_before_anything_runs(workdir, name):
     assert result.exit_code == 2
     assert result.stderr == f"moonvae: error: register must be a model name without '/', ':' or '@', got {name!r}\n"
     assert not (workdir / "mlflow.db").exists()
+
+
+CALIBRATED = RunConfig(
+    data=DataConfig(n_samples=1000),
+    model=ModelConfig(
+        model="cvae",
+        encoder_hidden=(32, 32),
+        decoder_hidden=(32, 32),
+        latent_dim=2,
+        eps_w=1.0,
+        likelihood="gaussian",
+        prior="vamp",
+        pseudo_inputs=16,
+    ),
+    train=TrainConfig(lr=3e-3, max_epochs=600, patience=600, lr_patience=600),
+)
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory):
+    """A CVAE with the Gaussian likelihood and a VampPrior, trained, registered and loaded back by alias."""
+    with tracking_store(tmp_path_factory.mktemp("calibrated")) as client:
+        run_id, outcome = train_and_register(client, CALIBRATED, "calibrated")
+        yield mlflow.pyfunc.load_model("models:/calibrated@champion"), client, client.get_run(run_id), outcome
+
+
+def test_a_calibrated_model_keeps_sigma_x_and_its_pseudo_inputs_as_plain_tensors(calibrated):
+    model, client, run, outcome = calibrated
+    inner = model.unwrap_python_model()
+    assert inner.network.sigma_x == pytest.approx(run.data.metrics["best_sigma_x"]) == outcome.network.sigma_x
+    assert len(client.get_metric_history(run.info.run_id, "sigma_x")) == CALIBRATED.train.max_epochs
+    assert run.data.metrics["val_nelbo"] < 1.5 and run.data.params["prior"] == "vamp"  # nats per point
+    local = Path(mlflow.artifacts.download_artifacts("models:/calibrated@champion"))
+    weights = torch.load(local / "artifacts" / "weights.pt", weights_only=True)
+    assert weights["log_sigma"].exp().item() == pytest.approx(inner.network.sigma_x)
+    assert torch.equal(weights["pseudo_inputs"], outcome.network.pseudo_inputs.detach())
+
+
+def test_a_calibrated_model_samples_its_prior_on_the_moon_with_its_noise(calibrated):
+    model, *_ = calibrated
+    inner = model.unwrap_python_model()
+    request = labels(2000)
+    drawn = model.predict(request, params={"source": "prior", "seed": 4})
+    pd.testing.assert_frame_equal(drawn, model.predict(request, params={"source": "prior", "seed": 4}))
+    points = torch.tensor(drawn[["x1", "x2"]].to_numpy(), dtype=torch.float32)
+    assert quality.on_moon_share(points, torch.tensor(drawn["label"].to_numpy()), 0.15) > 0.95  # chance: 0.5
+    mean = model.predict(
+        pd.DataFrame({"x1": [0.0] * 500, "x2": [0.5] * 500, "label": [0] * 500}), params={"mode": "reconstruct"}
+    )
+    assert mean.nunique()[["x1", "x2"]].tolist() == [1, 1]  # reconstruct is the decoder's mean: no noise
+    drawn = model.predict(mean[["x1", "x2", "label"]], params={"mode": "reconstruct", "stochastic": True, "seed": 0})
+    spread = (drawn[["x1", "x2"]] - mean[["x1", "x2"]]).to_numpy().std()
+    assert spread > inner.network.sigma_x * 0.9  # stochastic reconstruct: z drawn, then x with sigma_x noise

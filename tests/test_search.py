@@ -100,6 +100,8 @@ def test_auto_pruner_prunes_only_the_search_for_the_best(workdir, space, pruner)
         ({"fixed": {"lr": 0.01}}, "lr is searched by the basic space"),
         ({"fixed": {"patience": 0}}, "patience must be an integer >= 1"),
         ({"fixed": {"latent": 3}}, "unknown parameter(s): latent"),
+        ({"fixed": {"likelihood": "laplace"}}, "likelihood must be one of mse, gaussian, got 'laplace'"),
+        ({"space": "generative", "fixed": {"prior": "vamp"}}, "prior is searched by the generative space"),
         ({"storage": "sqlite:////no/such/folder/optuna.db"}, "cannot open storage sqlite:////no/such/folder/optuna.db"),
         ({"storage": "nosuchdb://x"}, "cannot open storage nosuchdb://x"),
     ],
@@ -415,6 +417,7 @@ def test_timeout_stops_starting_trials(client):
         (["--n-trials", "0"], "n_trials must be an integer >= 1"),
         (["--storage", "sqlite:////no/such/folder/optuna.db"], "cannot open storage"),
         (["--max_epochs", "abc"], "--max_epochs"),
+        (["--prior", "flow"], "prior must be one of normal, vamp"),
     ],
 )
 def test_cli_bad_input_is_one_line_and_leaves_no_run(workdir, args, named):

@@ -26,8 +26,8 @@ from moonvae.analysis import aliases, figures, findings, reconstruction, report
 from moonvae.analysis.verdicts import Finding
 from moonvae.config import MODELS, RunConfig, SpaceName
 from moonvae.core import data as moons
-from moonvae.core import train
 from moonvae.core.models import VAE, LatentBank
+from moonvae.core.train import loss_terms
 from moonvae.sampling import quality
 from moonvae.serving import loading
 from moonvae.tracking import names, runs
@@ -209,7 +209,7 @@ def add_train_mse(trials: pd.DataFrame, cache_dir: Path = moons.DEFAULT_CACHE_DI
         except Exception:  # a deleted model: this trial simply has no train MSE
             continue
         split = moons.load(python_model.config.data, cache_dir).train
-        trials.loc[index, "train_mse"] = train.evaluate(python_model.network.eval(), split).mse.item()
+        trials.loc[index, "train_mse"] = loss_terms(python_model.network.eval(), split).mse.item()
     return trials
 
 

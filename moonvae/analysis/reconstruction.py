@@ -16,9 +16,9 @@ from sklearn.datasets import make_moons
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 
 from moonvae.config import DataConfig
-from moonvae.core import train
 from moonvae.core.data import MoonsData, Split
 from moonvae.core.models import VAE, LatentBank
+from moonvae.core.train import loss_terms
 from moonvae.metrics import N_EVAL
 from moonvae.sampling.quality import knn
 from moonvae.sampling.sources import Samples, draw
@@ -57,7 +57,7 @@ def evaluate_model(
     """
     network.eval()
     reference = fresh_moons(data_config, n, fresh_seed(data_config.data_seed, 0))
-    test, fresh = train.evaluate(network, data.test), train.evaluate(network, reference)
+    test, fresh = loss_terms(network, data.test), loss_terms(network, reference)
     metrics = {
         "test_mse": test.mse.item(),
         "test_kl": test.kl.item(),

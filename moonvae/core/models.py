@@ -4,10 +4,23 @@ Both models expose the same surface: `encode`, `decode`, `sample`, `forward`, `l
 In training mode z = mean + eps_w * eps * std; in eval mode z = mean, so
 validation and test metrics are deterministic and reconstructions are the
 posterior mean.
+
+Two options change what the model is (`ModelConfig`), each off by default:
+- likelihood `gaussian`: p(x|z) = N(decode(z), sigma_x^2 I) with one learned log
+  sigma_x (a sigma-VAE, Rybkin et al. 2021), trained on the full Gaussian
+  log-likelihood, so the data weigh reconstruction against the KL; samples are
+  decode(z) + sigma_x * eps. With `mse`, the study's loss, samples are decode(z).
+- prior `vamp`: p(z) is the mixture of the posteriors of K learned 2-D pseudo-inputs
+  (VampPrior, Tomczak and Welling 2018), for the CVAE encoded with the requested
+  moon, so p(z|y); the KL is estimated on the reparameterised z.
+Outside the study's own loss (mse, normal) the KL is that of the posterior z is
+drawn from, N(mean, (eps_w * std)^2): then the prior is what the decoder was
+trained on, and `source=prior` samples the model. The study's KL takes std alone.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 from typing import NamedTuple
 
@@ -56,9 +69,9 @@ class Decoder(nn.Module):
 
 
 class LossTerms(NamedTuple):
-    loss: torch.Tensor  # mse + beta * kl, what is minimised
+    loss: torch.Tensor  # reconstruction + beta * kl, what is minimised (reconstruction: mse, or the Gaussian nll)
     mse: torch.Tensor  # squared error summed, divided by the number of elements of x
-    kl: torch.Tensor  # KL(q(z|x) || N(0, I)) summed, divided by the same count
+    kl: torch.Tensor  # KL(q(z|x) || p(z)) summed (VampPrior: estimated at z), divided by the same count
 
 
 class LatentBank(NamedTuple):
@@ -79,6 +92,14 @@ class VAE(nn.Module):
         self.config = config
         self.encoder = Encoder(DATA_DIM + self.n_conditions, config.encoder_hidden, config.latent_dim)
         self.decoder = Decoder(config.latent_dim + self.n_conditions, config.decoder_hidden, DATA_DIM)
+        # made after the networks, so the same seed gives the same encoder and decoder with or without them
+        self.log_sigma = nn.Parameter(torch.zeros(1)) if config.likelihood == "gaussian" else None
+        self.pseudo_inputs = nn.Parameter(torch.randn(config.pseudo_inputs, DATA_DIM)) if config.vamp else None
+
+    @property
+    def sigma_x(self) -> float | None:
+        """The learned observation noise (None under the study's MSE, which has none)."""
+        return None if self.log_sigma is None else self.log_sigma.exp().item()
 
     def _condition(self, inputs: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         return inputs
@@ -101,20 +122,39 @@ class VAE(nn.Module):
         return self.draw_latent(mean, logvar, generator) if self.training else mean
 
     def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The mean of p(x|z): what reconstructions show."""
         return self.decoder(self._condition(z, y))
+
+    def draw_point(
+        self, z: torch.Tensor, y: torch.Tensor | None = None, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """A draw of p(x|z): the mean plus sigma_x * eps under the Gaussian likelihood, the mean alone under MSE."""
+        x = self.decode(z, y)
+        if self.log_sigma is None:
+            return x
+        return x + self.log_sigma.exp() * torch.randn(x.shape, generator=generator, dtype=x.dtype)
 
     def forward(
         self, x: torch.Tensor, y: torch.Tensor | None = None, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         mean, logvar = self.encode(x, y)
         z = self.reparameterize(mean, logvar, generator)
-        return self.decode(z, y), {"mean": mean, "logvar": logvar, "z": z}
+        return self.decode(z, y), {"mean": mean, "logvar": logvar, "z": z, "y": y}
+
+    def draw_prior(
+        self, n: int, y: torch.Tensor | None = None, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """n draws of p(z): N(0, I), or a random pseudo-input's posterior (for the CVAE with the given labels)."""
+        if self.pseudo_inputs is None:
+            return torch.randn((n, self.config.latent_dim), generator=generator)
+        index = torch.randint(len(self.pseudo_inputs), (n,), generator=generator)
+        mean, logvar = self.encode(self.pseudo_inputs[index], y)
+        return self.draw_latent(mean, logvar, generator)
 
     @torch.inference_mode()
     def sample(self, n: int, y: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Decode n draws from the prior N(0, I) (the CVAE for the given labels)."""
-        z = torch.randn((n, self.config.latent_dim), generator=generator)
-        return self.decode(z, y)
+        """n draws of the model from its prior (the CVAE for the given labels)."""
+        return self.draw_point(self.draw_prior(n, y, generator), y, generator)
 
     @torch.inference_mode()
     def sample_posterior(
@@ -135,15 +175,33 @@ class VAE(nn.Module):
                 if len(pool) == 0:
                     raise ValueError(f"the latent bank holds no point with label {int(label)}")
                 index[rows] = pool[torch.randint(len(pool), (len(rows),), generator=generator)]
-        return self.decode(self.draw_latent(bank.mean[index], bank.logvar[index], generator), y)
+        return self.draw_point(self.draw_latent(bank.mean[index], bank.logvar[index], generator), y, generator)
 
     def loss(self, x: torch.Tensor, x_hat: torch.Tensor, latents: dict[str, torch.Tensor]) -> LossTerms:
-        """The study's beta-ELBO with mean reduction over batch x data dims."""
+        """The beta-ELBO with mean reduction over batch x data dims: per coordinate, not per point."""
         numel = x.numel()
-        mean, logvar = latents["mean"], latents["logvar"]
         mse = torch.sum((x_hat - x) ** 2) / numel
-        kl = -0.5 * torch.sum(1 + logvar - mean.pow(2) - logvar.exp()) / numel
-        return LossTerms(mse + self.config.beta * kl, mse, kl)
+        reconstruction = mse if self.log_sigma is None else gaussian_nll(mse, self.log_sigma[0])
+        kl = self.kl(latents) / numel
+        return LossTerms(reconstruction + self.config.beta * kl, mse, kl)
+
+    def kl(self, latents: dict[str, torch.Tensor]) -> torch.Tensor:
+        """KL(q(z|x) || p(z)) summed over the points: exact for N(0, I), estimated at z for the VampPrior."""
+        mean, logvar = latents["mean"], latents["logvar"]
+        if self.config.kl_scale != 1:  # the posterior z is drawn from, N(mean, (kl_scale * std)^2)
+            logvar = logvar + 2 * math.log(self.config.kl_scale)
+        if self.pseudo_inputs is None:
+            return -0.5 * torch.sum(1 + logvar - mean.pow(2) - logvar.exp())
+        return torch.sum(log_normal(latents["z"], mean, logvar) - self.log_prior(latents["z"], latents["y"]))
+
+    def log_prior(self, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """log p(z) of each row under the VampPrior: the mean of the pseudo-inputs' posteriors (the CVAE's at y)."""
+        assert self.pseudo_inputs is not None
+        pseudo, labels = self.pseudo_inputs, None
+        if self.n_conditions:  # each pseudo-input encoded with either label; each row takes its own label's
+            pseudo, labels = pseudo.repeat(2, 1), torch.arange(2).repeat_interleave(len(pseudo))
+        mean, logvar = self.encode(pseudo, labels)
+        return log_mixture(z, mean, logvar + 2 * math.log(self.config.kl_scale), y if self.n_conditions else None)
 
 
 class CVAE(VAE):
@@ -160,6 +218,37 @@ class CVAE(VAE):
         if y is None or len(y) != n:
             raise ValueError("the CVAE samples need one label per sample")
         return super().sample(n, y, generator)
+
+
+def gaussian_nll(mse: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
+    """-log N(x; x_hat, sigma^2 I) per coordinate, from the mean squared error over the coordinates."""
+    return 0.5 * mse * torch.exp(-2 * log_sigma) + log_sigma + 0.5 * math.log(2 * math.pi)
+
+
+def log_normal(z: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """log N(z; mean, exp(logvar)), a diagonal Gaussian, summed over the last dimension."""
+    return -0.5 * torch.sum((z - mean).pow(2) * torch.exp(-logvar) + logvar + math.log(2 * math.pi), dim=-1)
+
+
+def log_mixture(z: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """log of the equal mixture of diagonal Gaussians N(mean_c, exp(logvar_c)) at each row of z.
+
+    z: [..., rows, d]; mean, logvar: [..., C, d]. With `labels` (one 0/1 per row,
+    the CVAE's) the components are two halves, the first for label 0, and each
+    row's mixture is its label's half. The squared distances are matrix products
+    (rows x C, not rows x C x d), so a batch of 256 against 64 components stays cheap;
+    they take float64, as their terms grow with the precision while their difference does
+    not: in float32 a posterior of std 1e-3 lost tens of nats per point to rounding, which
+    training then learnt to exploit.
+    """
+    z, mean, logvar = z.double(), mean.double(), logvar.double()
+    precision = torch.exp(-logvar)
+    squared = z.pow(2) @ precision.mT - 2 * z @ (mean * precision).mT + (mean.pow(2) * precision).sum(-1)[..., None, :]
+    log_densities = -0.5 * (squared + (logvar.sum(-1) + z.shape[-1] * math.log(2 * math.pi))[..., None, :])
+    if labels is not None:
+        first, second = log_densities.chunk(2, dim=-1)
+        log_densities = torch.where(labels[..., None] == 1, second, first)
+    return (torch.logsumexp(log_densities, dim=-1) - math.log(log_densities.shape[-1])).float()
 
 
 def build_model(config: ModelConfig, seed: int) -> VAE:

@@ -1,8 +1,8 @@
 """A trained model's sampling sources, judged: the latent mixture fitted, every source scored, the default chosen.
 
 A model decodes latents from one of three sources (`config.SOURCES`):
-- prior: z ~ N(0, I), the textbook sample; with a small eps_w or beta the decoder
-  never saw most of it.
+- prior: z from the model's prior, N(0, I) or its VampPrior, the textbook sample; with the
+  study's loss and a small eps_w or beta the decoder never saw most of N(0, I).
 - posterior: the aggregate posterior, a random training point's q(z|x) with its eps_w
   noise: what the decoder was trained on, but it only ever revisits training points.
 - mixture: a Gaussian mixture fitted to the training latents' means (one per moon for
@@ -130,7 +130,7 @@ def mixture_sampler(network: VAE, mixture: dict[str, torch.Tensor]) -> quality.S
 
     @torch.inference_mode()
     def sample(n: int, rng: torch.Generator, labels: torch.Tensor | None) -> np.ndarray:
-        return network.decode(density.sample_mixture(mixture, n, labels, rng), labels).numpy()
+        return network.draw_point(density.sample_mixture(mixture, n, labels, rng), labels, rng).numpy()
 
     return sample
 
@@ -148,7 +148,7 @@ class Samples:
     """What an evaluation drew, kept for the figures: real reference points and both kinds of samples."""
 
     reference: Split  # fresh real points; their labels are the labels requested from the model
-    prior: np.ndarray  # decoded z ~ N(0, I)
+    prior: np.ndarray  # the model's samples from its prior
     posterior: np.ndarray  # decoded z from the aggregate posterior (the training bank, eps_w noise)
 
 

@@ -1,7 +1,8 @@
 """The trained VAE/CVAE as an MLflow pyfunc model: sample, reconstruct, encode, traverse.
 
 What a logged model holds, and why:
-- `weights.pt`: the state dict, loaded with `weights_only=True` (no pickled module);
+- `weights.pt`: the state dict, loaded with `weights_only=True` (no pickled module); with the
+  Gaussian likelihood it holds `log_sigma`, with the VampPrior its `pseudo_inputs`, plain tensors;
 - `config.json`: the run config, to rebuild the network;
 - `latents.pt`: the training split's q(z|x) (means, log-variances, labels), the bank that
   `source=posterior` samples from, and the traversal's reference statistics (per-dimension
@@ -77,12 +78,15 @@ A VAE or CVAE of scikit-learn's two moons. Input columns x1, x2 (floats) and lab
 by the CVAE, optional for the VAE, which ignores it). params["mode"] chooses what predict does:
 - sample (default): one generated point per input row -> x1, x2. The CVAE draws from the moon named
   by the row's label. source chooses where z comes from: posterior, the aggregate posterior (a training
-  point's q(z|x), noise scaled by eps_w: what the decoder was trained on); prior, z ~ N(0, I), which
-  with a small eps_w lands far less often on the requested moon; mixture, a Gaussian mixture fitted to
-  the training latents. Unset, the model's default source: the one chosen on its validation sample
-  quality when it was logged (metadata "source"; every source's scores, with their standard errors
-  (_se) and the sets behind them, in metadata "sources"; the figures and the rule below).
-- reconstruct: x1, x2 -> x1, x2 decoded from the posterior mean (stochastic=true: from a draw of q(z|x)).
+  point's q(z|x), noise scaled by eps_w: what the decoder was trained on); prior, the model's prior
+  (N(0, I), which with a small eps_w and the study's loss lands far less often on the requested moon,
+  or its VampPrior: config.json's "prior"); mixture, a Gaussian mixture fitted to the training latents.
+  Unset, the model's default source: the one chosen on its validation sample quality when it was logged
+  (metadata "source"; every source's scores, with their standard errors (_se) and the sets behind them,
+  in metadata "sources"; the figures and the rule below). A model with the Gaussian likelihood
+  (config.json's "likelihood") adds its learned noise to every sample: x = decode(z) + sigma_x * eps.
+- reconstruct: x1, x2 -> x1, x2 decoded from the posterior mean (stochastic=true: a draw of the model,
+  z from q(z|x), then, with the Gaussian likelihood, x with its sigma_x noise).
 - encode: x1, x2 -> z0 .. z{{d-1}}, the posterior mean (logvar=true adds logvar0 ..).
 - traverse: per input row, each latent dimension (or only dim) swept in `steps` steps (default 10)
   from its min to its max over the training latents, the others at their median, and decoded
@@ -193,13 +197,16 @@ class MoonVAEModel(mlflow.pyfunc.PythonModel):
         elif source == "posterior":
             x = self.network.sample_posterior(self.bank, n, y, rng)
         else:
-            x = self.network.decode(sample_mixture(self.mixture, n, y, rng), y)
+            x = self.network.draw_point(sample_mixture(self.mixture, n, y, rng), y, rng)
         return xy_frame(x)
 
     def _reconstruct(self, x: torch.Tensor, labels: torch.Tensor | None, options: dict[str, Any]) -> pd.DataFrame:
+        """The decoded posterior mean; stochastic: a draw of the model, z from q(z|x), then x from p(x|z)."""
         mean, logvar = self.network.encode(x, labels)
-        z = self.network.draw_latent(mean, logvar, make_rng(options["seed"])) if options["stochastic"] else mean
-        return xy_frame(self.network.decode(z, labels))
+        if not options["stochastic"]:
+            return xy_frame(self.network.decode(mean, labels))
+        rng = make_rng(options["seed"])
+        return xy_frame(self.network.draw_point(self.network.draw_latent(mean, logvar, rng), labels, rng))
 
     def _encode(self, x: torch.Tensor, labels: torch.Tensor | None, options: dict[str, Any]) -> pd.DataFrame:
         mean, logvar = self.network.encode(x, labels)

@@ -16,7 +16,7 @@ from moonvae.config import RunConfig
 from moonvae.core import data as moons
 from moonvae.core import latent_stats
 from moonvae.core.models import VAE, LossTerms, build_model, latent_bank
-from moonvae.core.train import EpochCallback, EpochMetrics, TrainResult, evaluate, fit
+from moonvae.core.train import EpochCallback, EpochMetrics, TrainResult, fit, loss_terms, negative_elbo
 from moonvae.sampling import sources
 from moonvae.sampling.sources import Judgement
 from moonvae.sampling.sources import draw as draw_samples
@@ -40,6 +40,7 @@ class Outcome:
     usage: dict[str, float] = field(default_factory=dict)  # active units and I(x; z): how much latent is used
     mixture: dict[str, torch.Tensor] | None = None  # the latent mixture, a sampling source the logged model holds
     judgement: Judgement | None = None  # every source's sample quality, and the default source
+    calibration: dict[str, float] = field(default_factory=dict)  # Gaussian likelihood: sigma_x and the -ELBOs
 
     @classmethod
     def measure(cls, network: VAE, result: TrainResult, data: moons.MoonsData, config: RunConfig) -> Outcome:
@@ -49,10 +50,18 @@ class Outcome:
         """
         bank = latent_bank(network, data.train.x, data.train.y)
         usage = latent_stats.latent_usage(bank.mean, bank.logvar, eps_w=network.config.eps_w)
-        train_mse = evaluate(network, data.train).mse.item()
+        train_mse = loss_terms(network, data.train).mse.item()
         mixture = sources.fit_latent_mixture(network, data, config.train.seed)
         judgement = sources.judge_sources(network, bank, mixture, data.train.x, config.data.noise)
-        return cls(network, result, evaluate(network, data.test), data, None, train_mse, usage, mixture, judgement)
+        calibration = {}
+        if network.sigma_x is not None:
+            calibration = {
+                "best_sigma_x": network.sigma_x,
+                "val_nelbo": negative_elbo(network, data.val).nats,
+                "test_nelbo": negative_elbo(network, data.test).nats,
+            }
+        test = loss_terms(network, data.test)
+        return cls(network, result, test, data, None, train_mse, usage, mixture, judgement, calibration)
 
     def final_metrics(self) -> dict[str, float]:
         values = {
@@ -64,6 +73,7 @@ class Outcome:
             "test_loss": self.test.loss.item(),
             "train_mse": self.train_mse,
             **self.usage,
+            **self.calibration,
         }
         if self.judgement is not None:
             values |= {"mmd_summary": self.judgement.mmd_summary, "mmd_summary_se": self.judgement.mmd_summary_se}

@@ -30,21 +30,28 @@ GENERATOR_MSE_FACTOR = 2.0  # the generator reconstructs within this factor of t
 # or at least this well: a 0.01 rms error, invisible against the data's noise (0.15) and range. Without it, a
 # study whose best reconstruction is near 0 (tiny eps_w: 2e-7) admitted only near-deterministic autoencoders
 GENERATOR_MSE_TOLERANCE = 1e-4
+# with a calibrated decoder, the generator's held-out -ELBO is within this many nats per point of the study's best
+GENERATOR_NATS = 0.05
 
 
-def generator_trial(front: Sequence[tuple[int, float, float, float]]) -> int | None:
-    """The generator among Pareto trials (number, validation MSE, MMD summary, its standard error): among the
-    trials whose validation MSE is within GENERATOR_MSE_FACTOR of the best (which the front always holds) or at
-    most GENERATOR_MSE_TOLERANCE, the best reconstruction of those whose summary is not clearly worse than the
-    lowest (`quality.clearly_worse`).
+def generator_trial(front: Sequence[tuple[int, float, float, float]], objective: str = "best_val_mse") -> int | None:
+    """The generator among Pareto trials (number, first objective, MMD summary, its standard error): among the
+    trials whose first objective is close enough to the best (which the front always holds), the best first
+    objective of those whose summary is not clearly worse than the lowest (`quality.clearly_worse`).
 
-    A sampler that reconstructs badly is not what users want from a VAE, however good its samples; within the
-    bound, sample quality decides where it can (summaries whose difference is inside their uncertainty are not
-    told apart), and reconstruction where it cannot. Ties go to the earlier trial.
+    Close enough: a validation MSE within GENERATOR_MSE_FACTOR of the best or at most
+    GENERATOR_MSE_TOLERANCE; a held-out negative ELBO (`val_nelbo`, nats per point, on a log
+    scale and of either sign) within GENERATOR_NATS of the best. A sampler that fits the data
+    badly is not what users want from a VAE, however good its samples; within the bound, sample
+    quality decides where it can (summaries whose difference is inside their uncertainty are not
+    told apart), and the first objective where it cannot. Ties go to the earlier trial.
     """
     if not front:
         return None
-    bound = max(GENERATOR_MSE_FACTOR * min(mse for _, mse, _, _ in front), GENERATOR_MSE_TOLERANCE)
+    best = min(first for _, first, _, _ in front)
+    bound = (
+        best + GENERATOR_NATS if objective == "val_nelbo" else max(GENERATOR_MSE_FACTOR * best, GENERATOR_MSE_TOLERANCE)
+    )
     eligible = [trial for trial in front if trial[1] <= bound]
     _, _, lowest, lowest_error = min(eligible, key=lambda trial: trial[2])
     tied = [trial for trial in eligible if not quality.clearly_worse(trial[2], trial[3], lowest, lowest_error)]
@@ -57,7 +64,7 @@ class StudyResult:
     model: str
     run_id: str
     counts: dict[str, int]  # trials by state name, over the whole study
-    best_value: float | None  # the best trial's validation MSE (its first objective)
+    best_value: float | None  # the best trial's first objective (validation MSE, or -ELBO with a calibrated decoder)
     best_trial: int | None  # the best trial; of a multi-objective study, the one registered
     best_params: dict[str, Any]
     registered: tuple[str, str, str] | None  # (model name, version, alias)
@@ -74,7 +81,7 @@ def summarise(study: optuna.Study, client: Client, run_id: str, target: Target, 
     metrics: dict[str, float] = {f"trials_{state.lower()}": counts[state] for state in ("COMPLETE", "PRUNED", "FAIL")}
     metrics["wall_seconds"] = seconds
     front = pareto_front(study) if len(target.objectives) > 1 else []
-    best = _best_trial(study, front)
+    best = _best_trial(study, front, target.objectives[0])
     values = dict(zip(target.objectives, best.values, strict=True)) if best else {}
     registered = None
     if best is not None:
@@ -86,7 +93,8 @@ def summarise(study: optuna.Study, client: Client, run_id: str, target: Target, 
         runs.set_tags(client, run_id, {names.BEST_RUN_TAG: best_run_id})
         summary = {"trial": best.number, "value": best.values[0], "params": best.params, "run_id": best_run_id}
         if front:
-            summary |= {"values": values, "mmd_summary_se": summary_error(best), "rule": generator_rule()}
+            rule = generator_rule(target.objectives[0])
+            summary |= {"values": values, "mmd_summary_se": summary_error(best), "rule": rule}
             summary["source"] = best.user_attrs.get(SOURCE_ATTR)
         runs.log_text(client, run_id, json.dumps(summary, indent=2), "best.json")
         registered = _register(client, target, best, best_metrics)
@@ -157,11 +165,16 @@ def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
     return sorted(study.best_trials, key=lambda trial: trial.number)
 
 
-def generator_rule() -> str:
+def generator_rule(objective: str = "best_val_mse") -> str:
+    close = (
+        f"whose val_nelbo is within {GENERATOR_NATS:g} nats per point of the study's best"
+        if objective == "val_nelbo"
+        else f"whose best_val_mse is within {GENERATOR_MSE_FACTOR:g}x the study's best or at most "
+        f"{GENERATOR_MSE_TOLERANCE:g}"
+    )
     return (
-        f"the Pareto trial with the lowest best_val_mse among those whose mmd_summary is not above the lowest by more "
-        f"than {quality.SIGNIFICANCE:g} standard errors of their difference, of the trials whose best_val_mse is "
-        f"within {GENERATOR_MSE_FACTOR:g}x the study's best or at most {GENERATOR_MSE_TOLERANCE:g}"
+        f"the Pareto trial with the lowest {short(objective)} among those whose mmd_summary is not above the lowest by "
+        f"more than {quality.SIGNIFICANCE:g} standard errors of their difference, of the trials {close}"
     )
 
 
@@ -191,10 +204,8 @@ def convergence(study: optuna.Study, logged: set[int], objectives: tuple[str, ..
 def entry_metrics(result: StudyResult) -> dict[str, float]:
     """A study's result as metrics of the run that launched it (`vae_best_val_mse`, ...)."""
     values = {"trials_complete": result.counts.get("COMPLETE", 0), "wall_seconds": result.seconds}
-    if result.best_value is not None:
-        values["best_val_mse"] = result.best_value
+    values |= {f"best_{short(name)}": value for name, value in result.best_values.items()}
     if "mmd_summary" in result.best_values:
-        values["best_mmd_summary"] = result.best_values["mmd_summary"]
         values["best_mmd_summary_se"] = result.summary_error
     return {f"{result.model}_{key}": value for key, value in values.items()}
 
@@ -213,7 +224,7 @@ def note(
         lines.append(
             f"Pareto front ({', '.join(target.objectives)}): {len(front)} trials, "
             + ", ".join(str(trial.number) for trial in front)
-            + f" (`pareto.csv`, tag `{names.PARETO_TAG}`). The generator is {generator_rule()}."
+            + f" (`pareto.csv`, tag `{names.PARETO_TAG}`). The generator is {generator_rule(target.objectives[0])}."
         )
     if best is not None:
         source = best.user_attrs.get(SOURCE_ATTR)
@@ -231,10 +242,12 @@ def note(
     return "\n\n".join(lines)
 
 
-def _best_trial(study: optuna.Study, front: list[FrozenTrial]) -> FrozenTrial | None:
+def _best_trial(study: optuna.Study, front: list[FrozenTrial], objective: str) -> FrozenTrial | None:
     """The best trial; with several objectives, the Pareto trial the generator rule picks."""
     if len(study.directions) > 1:
-        chosen = generator_trial([(trial.number, *trial.values[:2], summary_error(trial)) for trial in front])
+        chosen = generator_trial(
+            [(trial.number, *trial.values[:2], summary_error(trial)) for trial in front], objective
+        )
         return next((trial for trial in front if trial.number == chosen), None)
     try:
         return study.best_trial
@@ -325,7 +338,8 @@ def _register(
         return None
     name, alias = names.model_name(target.model), names.alias_for(target.space)
     tags = {names.STUDY_TAG: target.name, names.TRIAL_TAG: best.number, names.SPACE_TAG: target.space}
-    tags |= {key: value for key, value in best_metrics.items() if key.startswith(("best_val", "test_", "mmd_summary"))}
+    kept = ("best_val", "best_sigma_x", "val_nelbo", "test_", "mmd_summary")
+    tags |= {key: value for key, value in best_metrics.items() if key.startswith(kept)}
     if SOURCE_ATTR in best.user_attrs:
         tags[names.SAMPLING_SOURCE_TAG] = best.user_attrs[SOURCE_ATTR]
     version = registry.register_once(client, model_id, name, alias, tags=tags)

@@ -144,7 +144,8 @@ def plan(
         identity = {key: value for key, value in config.params().items() if key not in varied}
         identity["space"] = space
         name = studies.study_name(one, space, study_base, both=model == "both")
-        targets.append(Target(one, space, name, {**fixed, "model": one}, identity, search_space.objectives))
+        objectives = search_space.objectives_for(config.model.likelihood)
+        targets.append(Target(one, space, name, {**fixed, "model": one}, identity, objectives))
     size = search_space.size
     wanted = N_TRIALS if n_trials is None else n_trials
     storage_url = storage or studies.default_storage()
@@ -301,7 +302,7 @@ def _run_study(
         env["MLFLOW_EXPERIMENT_ID"] = runs.experiment_id(mlflow_client)  # trials go where their study run is
         env |= lineage.environment()  # workers record the code this call runs, wherever their copy of it lies
         with Progress(
-            study, mlflow_client, study_run_id, plan.n_trials, order.call, plan.space.objectives, position
+            study, mlflow_client, study_run_id, plan.n_trials, order.call, target.objectives, position
         ) as progress:
             runner.run(work, order, plan.workers, plan.n_jobs, env, progress)
         trials.end_runs_left_running(study, mlflow_client)

@@ -21,7 +21,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
 
-from moonvae.config import ConfigError
+from moonvae.config import ConfigError, RunConfig
 from moonvae.tracking import runs
 from moonvae.tuning.executor import first_line
 from moonvae.tuning.heartbeats import Storage
@@ -138,7 +138,9 @@ def check_identity(study: optuna.Study, target: Target) -> None:
     held = study.user_attrs.get(CONFIG_ATTR)
     if held is None:
         raise ConfigError(f"study {target.name!r} exists but was not made by moonvae tune; choose another study_name")
-    different = [f"{key}={held.get(key)}" for key, value in target.identity.items() if held.get(key) != value]
+    defaults = RunConfig().params()  # a study made before a parameter existed ran with its default
+    held = {key: held.get(key, defaults.get(key)) for key in target.identity}
+    different = [f"{key}={held[key]}" for key, value in target.identity.items() if held[key] != value]
     if different:
         raise ConfigError(
             f"study {target.name!r} was run with {', '.join(different)}; "

@@ -125,7 +125,7 @@ def _conclude(site: Worksite, trial: optuna.Trial, tracked: TrackedRun, result: 
     """Measure and log a trained trial, its model only if it leads; keep what the findings read; its values."""
     outcome = tracked.finish(result, log_model=False)
     final = outcome.final_metrics()
-    values = [final[name] for name in site.space.objectives]
+    values = [final[name] for name in site.target.objectives]
     if _leads(site.study, values):
         trial.set_user_attr(MODEL_ID_ATTR, tracked.log_model(outcome).model_id)
     for key in TRIAL_ATTRS:
@@ -330,6 +330,6 @@ def _report_progress(site: Worksite, number: int, state: TrialState, values: lis
         else:
             site.failures_in_row = 0
         if values is not None:
-            trial_metrics = results.trial_metrics(site.space.objectives, values)
+            trial_metrics = results.trial_metrics(site.target.objectives, values)
             runs.log_metrics(site.mlflow_client, site.run_id, trial_metrics, step=number)
         site.gate.notify_all()
