@@ -52,14 +52,6 @@ METRICS = (
     Metric("active_units", "run", "latent units whose posterior mean varies over the data (Burda et al. 2016)"),
     Metric("active_fraction", "run", "active_units over latent_dim"),
     Metric("mutual_info", "run", "I(x; z) under q in nats, at most log N: what the latent keeps about x"),
-    Metric(
-        "mmd_summary", "run", "the default source's mmd_summary: the model's sample quality, the generative objective"
-    ),
-    Metric("mmd_summary_se", "run", "its standard error"),
-    Metric("mmd_wide", "source", "a set's squared MMD to the distribution over an exact sampler's (1), width ~1.19"),
-    Metric("mmd_mid", "source", "the same at width 2 x noise (0.3 at the default): the moons' thickness and curvature"),
-    Metric("mmd_fine", "source", "the same at width noise / 2 (0.075 at the default): the noise itself"),
-    Metric("mmd_summary", "source", "the geometric mean of mmd_wide, mmd_mid and mmd_fine: what decisions compare"),
     Metric("best_sigma_x", "run", "likelihood gaussian: sigma_x at best_epoch, the kept model's: its samples' noise"),
     Metric(
         "val_nelbo",
@@ -68,6 +60,14 @@ METRICS = (
         "128 draws of z per point), a bound on -log p(x): the generative study's first objective",
     ),
     Metric("test_nelbo", "run", "likelihood gaussian: the same on the test split"),
+    Metric(
+        "mmd_summary", "run", "the default source's mmd_summary: the model's sample quality, the generative objective"
+    ),
+    Metric("mmd_summary_se", "run", "its standard error"),
+    Metric("mmd_wide", "source", "a set's squared MMD to the distribution over an exact sampler's (1), width ~1.19"),
+    Metric("mmd_mid", "source", "the same at width 2 x noise (0.3 at the default): the moons' thickness and curvature"),
+    Metric("mmd_fine", "source", "the same at width noise / 2 (0.075 at the default): the noise itself"),
+    Metric("mmd_summary", "source", "the geometric mean of mmd_wide, mmd_mid and mmd_fine: what decisions compare"),
     Metric("c2st", "source", "held-out accuracy of a k-NN classifier telling samples from exact draws (0.5: alike)"),
     Metric("copying", "source", "median sample-to-nearest-training-point distance over exact draws' (< 1: copies)"),
     Metric("spacing", "source", "median distance between nearest samples over exact draws' (< 1: clumps)"),

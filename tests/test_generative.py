@@ -153,9 +153,11 @@ def test_between_summaries_the_uncertainty_cannot_tell_apart_the_better_reconstr
 
 
 def test_with_a_calibrated_decoder_the_rule_trades_no_more_than_the_stated_nats():
-    front = [(0, -0.30, 9.0), (1, -0.27, 2.0), (2, -0.24, 1.1), (3, 0.5, 1.0)]
+    front = [(0, -0.30, 9.0, 0.1), (1, -0.27, 2.0, 0.1), (2, -0.24, 1.1, 0.1), (3, 0.5, 1.0, 0.1)]
     assert results.generator_trial(front, "val_nelbo") == 1  # 2 and 3 sample better but fit > 0.05 nats worse
-    assert results.generator_trial([(4, 1.2, 3.0)], "val_nelbo") == 4
+    assert results.generator_trial([(4, 1.2, 3.0, 0.1)], "val_nelbo") == 4
+    tied = [(0, -0.30, 2.2, 0.2), (1, -0.27, 2.0, 0.2)]  # 0 samples worse, within the uncertainty: it fits better
+    assert results.generator_trial(tied, "val_nelbo") == 0
     assert "0.05 nats per point" in results.generator_rule("val_nelbo")
 
 
