@@ -120,6 +120,8 @@ CALIBRATED = (
 SCOPES = ("epoch", "run", "source", "study", "pareto", "calibrated", "tune", "analyse")
 
 
-def names(scope: str) -> tuple[str, ...]:
-    """The metric names of one scope, in definition order."""
-    return tuple(metric.name for metric in METRICS if metric.scope == scope)
+def names(scope: str, calibrated: bool = True) -> tuple[str, ...]:
+    """The metric names of one scope, in definition order; without CALIBRATED's for an mse-likelihood run."""
+    return tuple(
+        metric.name for metric in METRICS if metric.scope == scope and (calibrated or metric.name not in CALIBRATED)
+    )
