@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 from moonvae import metrics
 from moonvae.config import ConfigError
 from moonvae.core.train import TrainingDiverged
+from moonvae.sampling import quality, sources
 from moonvae.tracking import registry, runs
 from moonvae.tuning import search, spaces, studies, trials
 
@@ -367,16 +368,26 @@ def test_a_seeded_study_is_the_same_twice_at_any_k(workdir, k):
     assert values[0] == values[1]
 
 
-def test_only_a_trial_that_leads_logs_its_model(client):
+def test_only_a_trial_that_leads_logs_its_model_and_gets_the_full_judgement(client):
     plan = search.plan("vae", "probabilistic", 6, fixed=TINY, trials_at_once=3)
     search.run(plan, runs.client())
     study = plan.studies["moonvae-vae-probabilistic"]
-    best_so_far, logged = math.inf, []
+    best_so_far, logged, judged = math.inf, [], []
     for trial in study.trials:  # a round's trials end in trial order, each judged against those ended before it
         leads = trial.value < best_so_far
         best_so_far = min(best_so_far, trial.value)
         logged.append(("mlflow_model_id" in trial.user_attrs) == leads)
+        found = client.get_run(trial.user_attrs["mlflow_run_id"]).data.metrics
+        if leads:  # the latent mixture fitted, every source judged to its target error, the check scores
+            judged.append("mixture_mmd_summary" in found and found["posterior_check_sets"] == quality.CHECK_SETS)
+        else:  # screened: the posterior's and prior's MMD on a few sets, each with its standard error
+            sets = {found[f"{source}_sets"] for source in ("posterior", "prior")}
+            checked = {key for key in found if key.startswith(("mixture_", "posterior_c2st", "prior_copying"))}
+            judged.append(sets == {sources.SCREENING_SETS} and not checked and found["posterior_mmd_summary_se"] > 0)
+        judged[-1] = judged[-1] and found["mmd_summary"] == found[f"{trial.user_attrs['source']}_mmd_summary"]
     assert all(logged) and "mlflow_model_id" in study.best_trial.user_attrs
+    assert all(judged)
+    assert any("mlflow_model_id" not in trial.user_attrs for trial in study.trials)  # screened trials were checked
 
 
 @pytest.mark.parametrize(("k", "failed"), [(1, 5), (8, 6)])  # rounds of 3 (n_trials): the check comes between rounds

@@ -122,11 +122,25 @@ def _tracked_run(site: Worksite, trial: optuna.Trial, run_id: str) -> TrackedRun
 
 
 def _conclude(site: Worksite, trial: optuna.Trial, tracked: TrackedRun, result: TrainResult) -> list[float]:
-    """Measure and log a trained trial, its model only if it leads; keep what the findings read; its values."""
-    outcome = tracked.finish(result, log_model=False)
+    """Measure and log a trained trial, its model only if it leads; keep what the findings read; its values.
+
+    The rule for judging its samples: in full (the latent mixture fitted, every source to a 5%
+    standard error, the check scores, the default source) where the result is used, else
+    screened (sources.screen_sources: the MMD of its posterior and prior on a few sets, a
+    twentieth of the cost). Used: every trial of a study whose objectives read the judgement
+    (the generative one), and a trial that leads on objectives known before any judging (a
+    single-objective study's best_val_mse or val_nelbo), as it logs the model a study registers.
+    """
+    outcome = tracked.measure(result)
+    final = outcome.final_metrics()
+    known = all(name in final for name in site.target.objectives)  # the objectives no judgement is needed for
+    leads = known and _leads(site.study, [final[name] for name in site.target.objectives])
+    tracked.finish(outcome, full=leads or not known, log_model=False)
     final = outcome.final_metrics()
     values = [final[name] for name in site.target.objectives]
-    if _leads(site.study, values):
+    if not known:
+        leads = _leads(site.study, values)
+    if leads:
         trial.set_user_attr(MODEL_ID_ATTR, tracked.log_model(outcome).model_id)
     for key in TRIAL_ATTRS:
         trial.set_user_attr(key, final[key])
