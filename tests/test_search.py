@@ -494,3 +494,35 @@ def test_mlflow_run_tune_bad_input_fails_the_entry_run(workdir):
     assert "moonvae: error: n_trials must be an integer >= 1, got 0" in done.stderr
     (run,) = all_runs(MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}"))
     assert run.info.status == "FAILED"
+
+
+@pytest.mark.parametrize("pruner", ["median", "hyperband", "none"])
+def test_the_pruner_is_skipped_only_where_its_answer_is_no(tmp_path, pruner):
+    """On a real sqlite study: wherever `askable` skips the pruner, Optuna's should_prune says no."""
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    study = optuna.create_study(storage=storage, pruner=spaces.make_pruner(pruner, 200))
+    steps = range(9, 200, trials.REPORT_EVERY)
+
+    def answers(values):
+        trial, found = study.ask(), []
+        askable = spaces.askable(study.pruner, study.get_trials(states=(TrialState.COMPLETE,)))
+        for step in steps:
+            trial.report(values(step), step)
+            found.append((step, askable(step), trial.should_prune()))
+        return trial, found
+
+    for complete in range(spaces.MEDIAN_STARTUP_TRIALS + 1):
+        trial, found = answers(lambda step: 1.0 if step < 120 else 9.0)  # worse than any complete trial after 120
+        assert all(not pruned for _, asked, pruned in found if not asked)
+        if pruner == "none" or (pruner == "median" and complete < spaces.MEDIAN_STARTUP_TRIALS):
+            assert not any(asked for _, asked, _ in found)
+        if pruner == "median" and complete == spaces.MEDIAN_STARTUP_TRIALS:  # the complete trials reported to 99
+            assert {step for step, asked, _ in found if asked} == set(range(59, 100, 10))
+        study.tell(trial, state=TrialState.PRUNED)
+        trial = study.ask()
+        for step in range(9, 100, trials.REPORT_EVERY):
+            trial.report(0.5, step)
+        study.tell(trial, 0.5)
+    if pruner == "median":  # past the complete trials' last step the median pruner has nothing to compare with
+        _, found = answers(lambda step: 9.0)
+        assert any(pruned for _, _, pruned in found) and not any(pruned for step, _, pruned in found if step > 99)

@@ -166,7 +166,7 @@ def _run_trial(site: Worksite, trial: optuna.Trial) -> None:
     try:
         run_id = _start_run(site, trial)
         tracked = _tracked_run(site, trial, run_id)
-        reporter = _reporter(site, trial)
+        reporter = _reporter(site, trial, _askable(site))
 
         def on_epoch(metrics: EpochMetrics) -> None:
             tracked.log_epoch(metrics)
@@ -294,7 +294,8 @@ def _train_group(site: Worksite, group: list[_Entry]) -> None:
     """One fit_batch call; each member's epochs are logged and reported as its own; a member's error is its own."""
     tracked = [entry.tracked for entry in group]
     assert all(each is not None for each in tracked)
-    reporters = [_reporter(site, entry.trial) for entry in group]
+    askable = _askable(site)
+    reporters = [_reporter(site, entry.trial, askable) for entry in group]
 
     def on_epoch(index: int, metrics: EpochMetrics) -> None:
         tracked[index].log_epoch(metrics)
@@ -317,8 +318,19 @@ def _train_group(site: Worksite, group: list[_Entry]) -> None:
         entry.result, entry.error = member.result, member.error
 
 
-def _reporter(site: Worksite, trial: optuna.Trial) -> Callable[[EpochMetrics], None]:
-    """Per epoch: stop on Ctrl-C elsewhere; every REPORT_EVERY epochs report val MSE and maybe prune.
+def _askable(site: Worksite) -> Callable[[int], bool]:
+    """The steps at which the pruner's answer can change, from the complete trials as a trial or round starts.
+
+    A worker's own rounds tell Optuna between them, so a single worker sees every complete
+    trial; a trial completed by another worker meanwhile counts from this worker's next round.
+    """
+    complete = site.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return spaces.askable(site.study.pruner, complete)
+
+
+def _reporter(site: Worksite, trial: optuna.Trial, askable: Callable[[int], bool]) -> Callable[[EpochMetrics], None]:
+    """Per epoch: stop on Ctrl-C elsewhere; every REPORT_EVERY epochs report val MSE, and ask the pruner where its
+    answer can change (`askable`).
 
     Multi-objective studies are never pruned: Optuna's Trial.report refuses them.
     """
@@ -328,8 +340,7 @@ def _reporter(site: Worksite, trial: optuna.Trial) -> Callable[[EpochMetrics], N
             raise KeyboardInterrupt
         if (metrics.epoch + 1) % REPORT_EVERY == 0 and not site.space.multi_objective:
             trial.report(metrics.val_mse, metrics.epoch)
-            # no pruner stops a trial before PRUNE_AFTER_EPOCHS; asking reads every trial from the storage
-            if metrics.epoch >= spaces.PRUNE_AFTER_EPOCHS and trial.should_prune():
+            if askable(metrics.epoch) and trial.should_prune():  # asking reads the study from the storage
                 raise optuna.TrialPruned(f"pruned at epoch {metrics.epoch} (val_mse {metrics.val_mse:.5f})")
 
     return on_epoch
