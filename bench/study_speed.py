@@ -36,6 +36,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +48,8 @@ from train_speed import plain_loop_ms
 from moonvae.config import RunConfig
 from moonvae.core import data
 from moonvae.core.train import fit
-from moonvae.tracking import runs
-from moonvae.tuning import search
+from moonvae.tracking import experiment, runs
+from moonvae.tuning import asking, results, search
 from moonvae.tuning import trials as tuning_trials
 
 HERE = Path(__file__).resolve().parent
@@ -84,18 +86,48 @@ class TimedFit:
             self.fit_seconds += time.process_time() - start
 
 
+PARTS = {  # where the tuner's time goes: each part's CPU seconds, inclusive (finish includes judge)
+    "ask (sampler)": (asking, "next_trial"),
+    "run start": (tuning_trials, "_start_run"),
+    "run set-up (params, data, model)": (tuning_trials, "_tracked_run"),
+    "measure (test, usage)": (experiment.TrackedRun, "measure"),
+    "finish (judge, metrics, plots)": (experiment.TrackedRun, "finish"),
+    "judge": (experiment.Outcome, "judge"),
+    "log model (leaders)": (experiment.TrackedRun, "log_model"),
+    "end (run, tell)": (tuning_trials, "_end"),
+    "study summary (plots, registry)": (results, "summarise"),
+}
+SPENT: dict[str, float] = defaultdict(float)
+
+
+def timing(part: str, function: Callable[..., Any]) -> Callable[..., Any]:
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        start = time.process_time()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            SPENT[part] += time.process_time() - start
+
+    return timed
+
+
 def tuner_cost(folder: Path, trials: int, epochs: int) -> tuple[float, float, float]:
     """CPU seconds of a K=1 basic study, of the training inside it, and of the per-epoch logging and pruning."""
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlflow.db'}"
     fixed = {"max_epochs": epochs, "patience": epochs}
     plan = search.plan("vae", "basic", trials, study_base=folder.name, fixed=fixed, trials_at_once=1)
     timed = tuning_trials.fit = TimedFit()
+    originals = {part: getattr(owner, name) for part, (owner, name) in PARTS.items()}
+    for part, (owner, name) in PARTS.items():
+        setattr(owner, name, timing(part, originals[part]))
     try:
         start = time.process_time()
         search.run(plan, runs.client())
         study_seconds = time.process_time() - start
     finally:
         tuning_trials.fit = fit
+        for part, (owner, name) in PARTS.items():
+            setattr(owner, name, originals[part])
     return study_seconds, timed.fit_seconds - timed.callback_seconds, timed.callback_seconds
 
 
@@ -148,6 +180,7 @@ def per_trial(args: argparse.Namespace) -> None:
         folder.mkdir()
         os.chdir(folder)
         tuner_cost(folder, 2, 5)
+    SPENT.clear()
     for repeat in range(args.repeats):
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp) / f"trial-cost-{repeat}"
@@ -163,6 +196,11 @@ def per_trial(args: argparse.Namespace) -> None:
         )
     print(f"tuner cost per trial over fit: {spread(costs)} s of CPU; goal under {GOAL_TRIAL_SECONDS} s")
     print(f"  of which per-epoch logging and pruning: {spread(per_epoch)} s")
+    studies = args.repeats * args.trials
+    print(
+        "  by part, CPU s a trial (inclusive, means over the repeats): "
+        + ", ".join(f"{part} {seconds / studies:.3f}" for part, seconds in SPENT.items())
+    )
 
 
 def k_studies(args: argparse.Namespace, here: str) -> None:
