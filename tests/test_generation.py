@@ -141,3 +141,19 @@ def test_the_mixture_samples_the_latents_of_the_requested_moon(trained):
     assert max(mixture["components"].tolist()) <= max(sources.MIXTURE_COMPONENTS)
     vae = build_model(replace(network.config, model="vae"), seed=0)
     assert sources.fit_latent_mixture(vae, moons, seed=0)["labels"].tolist() == []  # one mixture for the VAE
+
+
+def test_the_screening_scores_the_held_sources_mmd_on_the_validation_references(trained):
+    """A screened model: posterior and prior, MMD only, on the first sets the validation judgement also drew."""
+    config, moons, network = trained
+    bank = latent_bank(network, moons.train.x, moons.train.y)
+    with one_torch_thread():
+        screened = sources.screen_sources(network, bank, moons.train.x, config.data.noise)
+    assert list(screened.scores) == ["posterior", "prior"] and not screened.reasons
+    full = judged(trained, mixture=None, sets=sources.SCREENING_SETS, check_sets=0, target_error=None).scores
+    for source, one in screened.scores.items():
+        assert one["sets"] == sources.SCREENING_SETS and one["check_sets"] == 0 and "c2st" not in one
+        assert 0 < one["mmd_summary_se"] < one["mmd_summary"]
+        assert one == pytest.approx(full[source], rel=1e-9)
+    # the rule on the MMD alone: the prior, far off, is clearly worse than the posterior
+    assert screened.default == "posterior" and screened.mmd_summary == screened.scores["posterior"]["mmd_summary"]

@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 from moonvae import metrics
 from moonvae.config import ConfigError
 from moonvae.core.train import TrainingDiverged
+from moonvae.sampling import quality, sources
 from moonvae.tracking import registry, runs
 from moonvae.tuning import search, spaces, studies, trials
 
@@ -367,16 +368,26 @@ def test_a_seeded_study_is_the_same_twice_at_any_k(workdir, k):
     assert values[0] == values[1]
 
 
-def test_only_a_trial_that_leads_logs_its_model(client):
+def test_only_a_trial_that_leads_logs_its_model_and_gets_the_full_judgement(client):
     plan = search.plan("vae", "probabilistic", 6, fixed=TINY, trials_at_once=3)
     search.run(plan, runs.client())
     study = plan.studies["moonvae-vae-probabilistic"]
-    best_so_far, logged = math.inf, []
+    best_so_far, logged, judged = math.inf, [], []
     for trial in study.trials:  # a round's trials end in trial order, each judged against those ended before it
         leads = trial.value < best_so_far
         best_so_far = min(best_so_far, trial.value)
         logged.append(("mlflow_model_id" in trial.user_attrs) == leads)
+        found = client.get_run(trial.user_attrs["mlflow_run_id"]).data.metrics
+        if leads:  # the latent mixture fitted, every source judged to its target error, the check scores
+            judged.append("mixture_mmd_summary" in found and found["posterior_check_sets"] == quality.CHECK_SETS)
+        else:  # screened: the posterior's and prior's MMD on a few sets, each with its standard error
+            sets = {found[f"{source}_sets"] for source in ("posterior", "prior")}
+            checked = {key for key in found if key.startswith(("mixture_", "posterior_c2st", "prior_copying"))}
+            judged.append(sets == {sources.SCREENING_SETS} and not checked and found["posterior_mmd_summary_se"] > 0)
+        judged[-1] = judged[-1] and found["mmd_summary"] == found[f"{trial.user_attrs['source']}_mmd_summary"]
     assert all(logged) and "mlflow_model_id" in study.best_trial.user_attrs
+    assert all(judged)
+    assert any("mlflow_model_id" not in trial.user_attrs for trial in study.trials)  # screened trials were checked
 
 
 @pytest.mark.parametrize(("k", "failed"), [(1, 5), (8, 6)])  # rounds of 3 (n_trials): the check comes between rounds
@@ -483,3 +494,35 @@ def test_mlflow_run_tune_bad_input_fails_the_entry_run(workdir):
     assert "moonvae: error: n_trials must be an integer >= 1, got 0" in done.stderr
     (run,) = all_runs(MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}"))
     assert run.info.status == "FAILED"
+
+
+@pytest.mark.parametrize("pruner", ["median", "hyperband", "none"])
+def test_the_pruner_is_skipped_only_where_its_answer_is_no(tmp_path, pruner):
+    """On a real sqlite study: wherever `askable` skips the pruner, Optuna's should_prune says no."""
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    study = optuna.create_study(storage=storage, pruner=spaces.make_pruner(pruner, 200))
+    steps = range(9, 200, trials.REPORT_EVERY)
+
+    def answers(values):
+        trial, found = study.ask(), []
+        askable = spaces.askable(study.pruner, study.get_trials(states=(TrialState.COMPLETE,)))
+        for step in steps:
+            trial.report(values(step), step)
+            found.append((step, askable(step), trial.should_prune()))
+        return trial, found
+
+    for complete in range(spaces.MEDIAN_STARTUP_TRIALS + 1):
+        trial, found = answers(lambda step: 1.0 if step < 120 else 9.0)  # worse than any complete trial after 120
+        assert all(not pruned for _, asked, pruned in found if not asked)
+        if pruner == "none" or (pruner == "median" and complete < spaces.MEDIAN_STARTUP_TRIALS):
+            assert not any(asked for _, asked, _ in found)
+        if pruner == "median" and complete == spaces.MEDIAN_STARTUP_TRIALS:  # the complete trials reported to 99
+            assert {step for step, asked, _ in found if asked} == set(range(59, 100, 10))
+        study.tell(trial, state=TrialState.PRUNED)
+        trial = study.ask()
+        for step in range(9, 100, trials.REPORT_EVERY):
+            trial.report(0.5, step)
+        study.tell(trial, 0.5)
+    if pruner == "median":  # past the complete trials' last step the median pruner has nothing to compare with
+        _, found = answers(lambda step: 9.0)
+        assert any(pruned for _, _, pruned in found) and not any(pruned for step, _, pruned in found if step > 99)

@@ -9,13 +9,19 @@ A model decodes latents from one of three sources (`config.SOURCES`):
   the CVAE; `density.fit_mixture`), its number of components chosen on the validation
   latents, with the noise the decoder saw in training: the same region, gaps filled.
 
-Every train run and trial judges each source (`quality.judge_all`) on sets of 2000
-points until its MMD summary's standard error is VALIDATION_ERROR (5%: 14-24 sets for a
-default model's sound sources, 4 for its prior; bench/quality_speed.py), at most
-VALIDATION_SETS; C2ST, copying, spacing and on-moon on the first quality.CHECK_SETS.
-All runs use VALIDATION_SEED, so every run and every source meets the same references
-and their scores compare pairwise. These are the validation judgements: the default
-source, the generative objective and the `generator` alias are chosen on them.
+A judgement is full where its result is used, and a screening where nothing is decided on it:
+- validation (`judge_sources`): the latent mixture fitted, each source judged
+  (`quality.judge_all`) on sets of 2000 points until its MMD summary's standard error is
+  VALIDATION_ERROR (5%: 14-24 sets for a default model's sound sources, 4 for its prior;
+  bench/quality_speed.py), at most VALIDATION_SETS; C2ST, copying, spacing and on-moon on
+  the first quality.CHECK_SETS. The default source, the generative objective and the
+  `generator` alias are chosen on it. Every `train` run gets it, and of a study's trials
+  those whose model may be used (tuning/trials.py says which).
+- screening (`screen_sources`): the sources the model holds without a fit (posterior and
+  prior) on SCREENING_SETS sets, MMD only, under the same metric names with their standard
+  errors and `<source>_sets`: ~0.03-0.04 s of CPU against 0.4-0.8 s (bench/generation_cost.py).
+All judgements use VALIDATION_SEED, so every run and every source meets the same
+references and their scores compare pairwise.
 `analyse` judges again with quality's FULL_SETS and samples and references from its own
 seed, so the figures it reports were not the ones chosen on.
 
@@ -49,6 +55,7 @@ VALIDATION_ERROR = 0.05  # a run judges each source until its MMD summary's rela
 VALIDATION_SETS = 64  # or for this many sets (an exact sampler needs ~47; bench/quality_speed.py)
 # density's candidates up to 50: on the default VAE a 100-component fit took 0.33 s of the fit's 0.59 and lost to 50
 MIXTURE_COMPONENTS = (1, 2, 5, 10, 20, 50)
+SCREENING_SETS = 2  # a screened trial's sets a source: the fewest that give a standard error, ~8-10 ms a set a source
 PREFERENCE = ("posterior", "mixture", "prior")  # the default between sources the uncertainty cannot tell apart
 COPYING_MIN = 0.9  # below: samples sit closer to the training points than fresh data does: copies
 SPACING_MIN = 0.8  # below: samples clump tighter than the data
@@ -161,13 +168,13 @@ def draw(network: VAE, bank: LatentBank, reference: Split, seed: int) -> Samples
 
 
 def unsound(scores: dict[str, float]) -> str:
-    """Why a source's samples copy or clump ('' when they do neither)."""
+    """Why a source's samples copy or clump ('' when they do neither, or were not checked: a screening)."""
     reasons = []
-    if scores["copying"] < COPYING_MIN:
+    if scores.get("copying", 1.0) < COPYING_MIN:
         reasons.append(f"copying {scores['copying']:.3g} < {COPYING_MIN}")
-    if scores["spacing"] < SPACING_MIN:
+    if scores.get("spacing", 1.0) < SPACING_MIN:
         reasons.append(f"spacing {scores['spacing']:.3g} < {SPACING_MIN}")
-    if scores["c2st"] > C2ST_MAX:
+    if scores.get("c2st", 0.5) > C2ST_MAX:
         reasons.append(f"c2st {scores['c2st']:.3g} > {C2ST_MAX}")
     if scores.get("on_moon", 1.0) < ON_MOON_MIN:
         reasons.append(f"on_moon {scores['on_moon']:.3g} < {ON_MOON_MIN}")
@@ -214,3 +221,12 @@ def judge_sources(
     )
     default, reasons = choose(scores)
     return Judgement(scores, default, reasons)
+
+
+def screen_sources(network: VAE, bank: LatentBank, train_x: torch.Tensor, noise: float) -> Judgement:
+    """The screening judgement: the posterior's and the prior's MMD on SCREENING_SETS sets, no check scores.
+
+    For a model no decision reads: its figures are honest (each with its standard error and
+    sets) but rough, and its default source is chosen by the same rule on the MMD alone.
+    """
+    return judge_sources(network, bank, None, train_x, noise, sets=SCREENING_SETS, check_sets=0, target_error=None)

@@ -43,16 +43,15 @@ class Outcome:
     calibration: dict[str, float] = field(default_factory=dict)  # Gaussian likelihood: sigma_x and the -ELBOs
 
     @classmethod
-    def measure(cls, network: VAE, result: TrainResult, data: moons.MoonsData, config: RunConfig) -> Outcome:
-        """The trained network's test and train error, how much of its latent it uses, and its samples' quality.
-
-        The latent mixture is fitted with the training seed.
+    def measure(
+        cls, network: VAE, result: TrainResult, data: moons.MoonsData, config: RunConfig, *, judged: bool = True
+    ) -> Outcome:
+        """The trained network's test and train error, how much of its latent it uses, and (if `judged`) its samples'
+        quality by the full validation judgement: what a `train` run measures. A trial judges after, by `judge`.
         """
         bank = latent_bank(network, data.train.x, data.train.y)
         usage = latent_stats.latent_usage(bank.mean, bank.logvar, eps_w=network.config.eps_w)
         train_mse = loss_terms(network, data.train).mse.item()
-        mixture = sources.fit_latent_mixture(network, data, config.train.seed)
-        judgement = sources.judge_sources(network, bank, mixture, data.train.x, config.data.noise)
         calibration = {}
         if network.sigma_x is not None:
             calibration = {
@@ -61,7 +60,21 @@ class Outcome:
                 "test_nelbo": negative_elbo(network, data.test).nats,
             }
         test = loss_terms(network, data.test)
-        return cls(network, result, test, data, None, train_mse, usage, mixture, judgement, calibration)
+        outcome = cls(network, result, test, data, None, train_mse, usage, calibration=calibration)
+        if judged:
+            outcome.judge(config, full=True)
+        return outcome
+
+    def judge(self, config: RunConfig, *, full: bool) -> None:
+        """The samples' quality: in full (the latent mixture fitted with the training seed, every source to
+        sources.VALIDATION_ERROR, the check scores) where a decision reads it, else the cheap screening."""
+        network, train = self.network, self.data.train
+        bank = latent_bank(network, train.x, train.y)
+        if full:
+            self.mixture = sources.fit_latent_mixture(network, self.data, config.train.seed)
+            self.judgement = sources.judge_sources(network, bank, self.mixture, train.x, config.data.noise)
+        else:
+            self.judgement = sources.screen_sources(network, bank, train.x, config.data.noise)
 
     def final_metrics(self) -> dict[str, float]:
         values = {
@@ -184,9 +197,14 @@ class TrackedRun:
         self.buffer.add(metrics.as_dict(), step=metrics.epoch)
         self.snapshots.on_epoch(metrics)
 
-    def finish(self, result: TrainResult, *, log_model: bool = True) -> Outcome:
-        """Measure the trained network and log its final metrics, tag, plots and (if asked) the model."""
-        outcome = Outcome.measure(self.network, result, self.data, self.config)
+    def measure(self, result: TrainResult) -> Outcome:
+        """The trained network measured, its samples not judged yet: `finish` judges them."""
+        return Outcome.measure(self.network, result, self.data, self.config, judged=False)
+
+    def finish(self, outcome: Outcome, *, full: bool = True, log_model: bool = True) -> Outcome:
+        """Judge the samples (in full, or screened: `Outcome.judge`) and log the final metrics, tag, plots and (if
+        asked) the model."""
+        outcome.judge(self.config, full=full)
         self.buffer.add(outcome.final_metrics() | outcome.source_metrics())
         self.buffer.close()
         runs.set_tag(self.client, self.run_id, names.SAMPLING_SOURCE_TAG, outcome.judgement.default)
@@ -230,6 +248,6 @@ def run_training(
                 on_epoch(metrics)
 
         result = fit(tracked.network, tracked.data.train, tracked.data.val, config.train, on_epoch=log_epoch)
-        return tracked.finish(result, log_model=log_model)
+        return tracked.finish(tracked.measure(result), log_model=log_model)
     finally:
         tracked.close()

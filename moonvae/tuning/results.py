@@ -296,11 +296,13 @@ def _optuna_figures(study: optuna.Study, objectives: tuple[str, ...]) -> Iterato
 
     Optuna's matplotlib flavour, so they show in the UI offline; each figure is closed once drawn.
     With several objectives: the Pareto front, importances for each objective, and each one's history.
+    Importances by PED-ANOVA (what sets the best tenth of trials apart), in milliseconds where
+    fANOVA's forest took 1.6 s of a 100-trial study's end; `analyse` quotes fANOVA's (studies.importances).
     """
-    from optuna.importance import FanovaImportanceEvaluator
+    from optuna.importance import PedAnovaImportanceEvaluator
     from optuna.visualization import matplotlib as visualization
 
-    importances = lambda: visualization.plot_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=0))  # noqa: E731
+    importances = lambda: visualization.plot_param_importances(study, evaluator=PedAnovaImportanceEvaluator())  # noqa: E731
     plots: dict[str, Callable[[], Any]] = {
         "optimization_history": lambda: visualization.plot_optimization_history(study),
         "param_importances": importances,

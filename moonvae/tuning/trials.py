@@ -122,11 +122,25 @@ def _tracked_run(site: Worksite, trial: optuna.Trial, run_id: str) -> TrackedRun
 
 
 def _conclude(site: Worksite, trial: optuna.Trial, tracked: TrackedRun, result: TrainResult) -> list[float]:
-    """Measure and log a trained trial, its model only if it leads; keep what the findings read; its values."""
-    outcome = tracked.finish(result, log_model=False)
+    """Measure and log a trained trial, its model only if it leads; keep what the findings read; its values.
+
+    The rule for judging its samples: in full (the latent mixture fitted, every source to a 5%
+    standard error, the check scores, the default source) where the result is used, else
+    screened (sources.screen_sources: the MMD of its posterior and prior on a few sets, a
+    twentieth of the cost). Used: every trial of a study whose objectives read the judgement
+    (the generative one), and a trial that leads on objectives known before any judging (a
+    single-objective study's best_val_mse or val_nelbo), as it logs the model a study registers.
+    """
+    outcome = tracked.measure(result)
+    final = outcome.final_metrics()
+    known = all(name in final for name in site.target.objectives)  # the objectives no judgement is needed for
+    leads = known and _leads(site.study, [final[name] for name in site.target.objectives])
+    tracked.finish(outcome, full=leads or not known, log_model=False)
     final = outcome.final_metrics()
     values = [final[name] for name in site.target.objectives]
-    if _leads(site.study, values):
+    if not known:
+        leads = _leads(site.study, values)
+    if leads:
         trial.set_user_attr(MODEL_ID_ATTR, tracked.log_model(outcome).model_id)
     for key in TRIAL_ATTRS:
         trial.set_user_attr(key, final[key])
@@ -152,7 +166,7 @@ def _run_trial(site: Worksite, trial: optuna.Trial) -> None:
     try:
         run_id = _start_run(site, trial)
         tracked = _tracked_run(site, trial, run_id)
-        reporter = _reporter(site, trial)
+        reporter = _reporter(site, trial, _askable(site))
 
         def on_epoch(metrics: EpochMetrics) -> None:
             tracked.log_epoch(metrics)
@@ -280,7 +294,8 @@ def _train_group(site: Worksite, group: list[_Entry]) -> None:
     """One fit_batch call; each member's epochs are logged and reported as its own; a member's error is its own."""
     tracked = [entry.tracked for entry in group]
     assert all(each is not None for each in tracked)
-    reporters = [_reporter(site, entry.trial) for entry in group]
+    askable = _askable(site)
+    reporters = [_reporter(site, entry.trial, askable) for entry in group]
 
     def on_epoch(index: int, metrics: EpochMetrics) -> None:
         tracked[index].log_epoch(metrics)
@@ -303,8 +318,19 @@ def _train_group(site: Worksite, group: list[_Entry]) -> None:
         entry.result, entry.error = member.result, member.error
 
 
-def _reporter(site: Worksite, trial: optuna.Trial) -> Callable[[EpochMetrics], None]:
-    """Per epoch: stop on Ctrl-C elsewhere; every REPORT_EVERY epochs report val MSE and maybe prune.
+def _askable(site: Worksite) -> Callable[[int], bool]:
+    """The steps at which the pruner's answer can change, from the complete trials as a trial or round starts.
+
+    A worker's own rounds tell Optuna between them, so a single worker sees every complete
+    trial; a trial completed by another worker meanwhile counts from this worker's next round.
+    """
+    complete = site.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return spaces.askable(site.study.pruner, complete)
+
+
+def _reporter(site: Worksite, trial: optuna.Trial, askable: Callable[[int], bool]) -> Callable[[EpochMetrics], None]:
+    """Per epoch: stop on Ctrl-C elsewhere; every REPORT_EVERY epochs report val MSE, and ask the pruner where its
+    answer can change (`askable`).
 
     Multi-objective studies are never pruned: Optuna's Trial.report refuses them.
     """
@@ -314,8 +340,7 @@ def _reporter(site: Worksite, trial: optuna.Trial) -> Callable[[EpochMetrics], N
             raise KeyboardInterrupt
         if (metrics.epoch + 1) % REPORT_EVERY == 0 and not site.space.multi_objective:
             trial.report(metrics.val_mse, metrics.epoch)
-            # no pruner stops a trial before PRUNE_AFTER_EPOCHS; asking reads every trial from the storage
-            if metrics.epoch >= spaces.PRUNE_AFTER_EPOCHS and trial.should_prune():
+            if askable(metrics.epoch) and trial.should_prune():  # asking reads the study from the storage
                 raise optuna.TrialPruned(f"pruned at epoch {metrics.epoch} (val_mse {metrics.val_mse:.5f})")
 
     return on_epoch
