@@ -392,3 +392,16 @@ def test_a_calibrated_model_samples_its_prior_on_the_moon_with_its_noise(calibra
     drawn = model.predict(mean[["x1", "x2", "label"]], params={"mode": "reconstruct", "stochastic": True, "seed": 0})
     spread = (drawn[["x1", "x2"]] - mean[["x1", "x2"]]).to_numpy().std()
     assert spread > inner.network.sigma_x * 0.9  # stochastic reconstruct: z drawn, then x with sigma_x noise
+
+
+def test_the_tracking_and_tuning_modules_load_no_pyfunc_and_no_scikit_learn():
+    """MLflow's pyfunc loads with the first model logged or loaded, scikit-learn where data are generated
+    or a mixture seeded: a run that does neither, and every run's start, go without them."""
+    script = (
+        "import sys\n"
+        "import moonvae.cli, moonvae.serving.loading, moonvae.tracking.experiment, moonvae.tracking.registry\n"
+        "import moonvae.tuning.search, moonvae.tuning.trials\n"
+        "print('mlflow.pyfunc' in sys.modules, 'sklearn' in sys.modules)"
+    )
+    found = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert found.stdout.split() == ["False", "False"]

@@ -1,4 +1,6 @@
 import math
+import subprocess
+import sys
 from dataclasses import replace
 
 import pytest
@@ -7,7 +9,16 @@ import torch
 from moonvae.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from moonvae.core import data
 from moonvae.core.models import build_model
-from moonvae.core.train import EpochMetrics, Schedule, TrainingDiverged, fit, loss_terms, negative_elbo
+from moonvae.core.train import (
+    EpochMetrics,
+    Schedule,
+    TrainingDiverged,
+    adam_step,
+    fit,
+    flat_parameters,
+    loss_terms,
+    negative_elbo,
+)
 from moonvae.sampling.quality import on_moon_share
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -111,6 +122,51 @@ def test_schedule_lowers_the_lr_as_torch_reduce_lr_on_plateau(small_config):
         torch_lrs.append(optimizer.param_groups[0]["lr"])
     assert lrs == torch_lrs
     assert len(set(lrs)) > 3  # the rule acted several times
+
+
+def test_adam_step_is_clipping_then_torch_adam_step_for_step(small_config):
+    """fit's and fit_batch's update: clip_grad_norm_ then torch.optim.Adam, on a flat [1, P] row, lr changing midway."""
+    network = build_model(small_config.model, 0)
+    parameters = list(network.parameters())
+    optimizer = torch.optim.Adam(parameters, lr=1e-2)
+    weights, grad = flat_parameters(build_model(small_config.model, 0))
+    moments = torch.zeros_like(weights), torch.zeros_like(weights)
+    generator = torch.Generator().manual_seed(0)
+    clipped = 0
+    for step in range(1, 61):
+        lr = 1e-2 if step <= 30 else 1e-3
+        optimizer.param_groups[0]["lr"] = lr
+        scale = 3.0 if step % 2 else 0.01  # every other gradient is clipped (the clip is 1)
+        grad.copy_(torch.randn(weights.shape, generator=generator) * scale)
+        offset = 0
+        for parameter in parameters:
+            parameter.grad = grad[0, offset : offset + parameter.numel()].view_as(parameter).clone()
+            offset += parameter.numel()
+        clipped += torch.nn.utils.clip_grad_norm_(parameters, 1.0).item() > 1.0
+        optimizer.step()
+        adam_step(weights, grad, moments, step, torch.tensor([[lr]], dtype=torch.float64), torch.tensor([[1.0]]))
+        expected = torch.cat([parameter.detach().reshape(-1) for parameter in parameters])
+        torch.testing.assert_close(weights[0], expected, rtol=1e-6, atol=1e-7)
+    assert clipped == 30
+
+
+def test_fit_leaves_each_parameter_its_own_storage(small_config, moons):
+    network, _ = train(small_config, moons, max_epochs=2)
+    pointers = {parameter.data_ptr() for parameter in network.parameters()}
+    assert len(pointers) == len(list(network.parameters()))
+    assert all(parameter.grad is None for parameter in network.parameters())
+
+
+def test_fit_imports_no_torch_dynamo(tmp_path):
+    """torch.optim's first optimizer imports torch._dynamo, 1.5 s of a run's start: fit makes none."""
+    script = (
+        "import sys; from moonvae.config import RunConfig, TrainConfig; from moonvae.core import data, models, train\n"
+        f"config = RunConfig(train=TrainConfig(max_epochs=1)); moons = data.load(config.data, {str(tmp_path)!r})\n"
+        "train.fit(models.build_model(config.model, 0), moons.train, moons.val, config.train)\n"
+        "print('torch._dynamo' in sys.modules)"
+    )
+    found = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert found.stdout.strip() == "False"
 
 
 def calibrated(model="cvae", noise=0.15, prior="normal", epochs=1500, latent_dim=2):

@@ -24,7 +24,6 @@ their stack at the end of the epoch, and its padding shrinks to the widest left.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -36,11 +35,7 @@ from moonvae.core.data import Split
 from moonvae.core.models import VAE, build_model
 from moonvae.core.passes import Layers, backward, forward
 from moonvae.core.stacks import partition
-from moonvae.core.train import EpochMetrics, Schedule, TrainingDiverged, TrainResult
-
-ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults, as train.fit uses them
-ADAM_EPS = 1e-8
-CLIP_EPS = 1e-6  # clip_grad_norm_ divides by norm + 1e-6
+from moonvae.core.train import EpochMetrics, Schedule, TrainingDiverged, TrainResult, adam_step
 
 BatchCallback = Callable[[int, EpochMetrics], None]
 
@@ -157,15 +152,9 @@ class _Stack:
         return loss.detach(), grad.mul_(self.own)
 
     def _adam_step(self, grad: torch.Tensor, lr: torch.Tensor) -> None:
-        """clip_grad_norm_ per member, then torch.optim.Adam's update with each member's lr."""
-        grad.mul_((self.grad_clip / grad.norm(dim=1, keepdim=True).add_(CLIP_EPS)).clamp_(max=1.0))
+        """clip_grad_norm_ per member, then torch.optim.Adam's update with each member's lr: train.fit's step."""
         self.steps += 1
-        beta1, beta2 = ADAM_BETAS
-        self.moment1.lerp_(grad, 1 - beta1)
-        self.moment2.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        denominator = self.moment2.sqrt().div_(math.sqrt(1 - beta2**self.steps)).add_(ADAM_EPS)
-        step_size = (lr / -(1 - beta1**self.steps)).float()
-        self.weights.addcdiv_(self.moment1 * step_size, denominator)
+        adam_step(self.weights, grad, (self.moment1, self.moment2), self.steps, lr, self.grad_clip)
 
     def validate(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """val loss, MSE and KL [K] with z at the posterior mean, as train.loss_terms."""

@@ -154,6 +154,60 @@ class Schedule:
             self._bad_epochs = 0
 
 
+ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults
+ADAM_EPS = 1e-8
+CLIP_EPS = 1e-6  # clip_grad_norm_ divides by norm + 1e-6
+
+
+def adam_step(
+    weights: torch.Tensor,
+    grad: torch.Tensor,
+    moments: tuple[torch.Tensor, torch.Tensor],
+    step: int,
+    lr: torch.Tensor,
+    grad_clip: torch.Tensor,
+) -> None:
+    """clip_grad_norm_ per row, then torch.optim.Adam's update (its defaults) with each row's lr, in place.
+
+    Rows of [K, P] buffers are networks: one for `fit`, a stack's members for `batched.fit_batch`;
+    `step` counts from 1, `lr` is [K, 1] float64 and `grad_clip` [K, 1]. Written out rather than
+    torch.optim's: the first optimizer a process makes imports torch._dynamo, 1.5 s of a run's
+    start, and on one flat buffer the update is a handful of ops whatever the network's depth.
+    """
+    moment1, moment2 = moments
+    grad.mul_((grad_clip / grad.norm(dim=1, keepdim=True).add_(CLIP_EPS)).clamp_(max=1.0))
+    beta1, beta2 = ADAM_BETAS
+    moment1.lerp_(grad, 1 - beta1)
+    moment2.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    denominator = moment2.sqrt().div_(math.sqrt(1 - beta2**step)).add_(ADAM_EPS)
+    step_size = (lr / -(1 - beta1**step)).float()
+    weights.addcdiv_(moment1 * step_size, denominator)
+
+
+def flat_parameters(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's parameters and their gradients made views of two [1, P] buffers: (weights, grad).
+
+    Backward adds into an existing .grad in place, so zeroing `grad` before it and
+    stepping `weights` after it trains the model; `own_parameters` undoes this.
+    """
+    parameters = list(model.parameters())
+    weights = torch.cat([parameter.detach().reshape(-1) for parameter in parameters])[None]
+    grad = torch.zeros_like(weights)
+    offset = 0
+    for parameter in parameters:
+        size = parameter.numel()
+        parameter.data = weights[0, offset : offset + size].view_as(parameter)
+        parameter.grad = grad[0, offset : offset + size].view_as(parameter)
+        offset += size
+    return weights, grad
+
+
+def own_parameters(model: torch.nn.Module) -> None:
+    """Each parameter back in storage of its own, with no gradient: the model as build_model made it."""
+    for parameter in model.parameters():
+        parameter.data, parameter.grad = parameter.data.clone(), None
+
+
 def fit(
     model: VAE,
     train: Split,
@@ -161,49 +215,53 @@ def fit(
     config: TrainConfig,
     on_epoch: EpochCallback | None = None,
 ) -> TrainResult:
-    """Adam + gradient clipping, then `Schedule`'s rules after each epoch (early stopping on val MSE).
+    """Adam + gradient clipping (`adam_step`), then `Schedule`'s rules after each epoch (early stopping on val MSE).
 
     Batches are slices of one seeded permutation of the preloaded tensors per
     epoch (no DataLoader). The weights with the best val MSE are restored
     before returning.
 
     The models are small, so per-call overhead rather than arithmetic sets the
-    pace: Adam runs fused, the best weights are copied into tensors allocated
-    once, and the batch losses stay tensors until the epoch ends.
+    pace: the parameters live in one flat buffer (`flat_parameters`), so Adam and
+    keeping the best weights are a few ops, and the batch losses stay tensors
+    until the epoch ends.
     """
     generator = torch.Generator().manual_seed(config.seed)
-    parameters = list(model.parameters())
-    optimizer = torch.optim.Adam(parameters, lr=config.lr, fused=True)
+    weights, grad = flat_parameters(model)
+    moments = torch.zeros_like(weights), torch.zeros_like(weights)
+    best_weights = weights.clone()
+    grad_clip = torch.tensor([[config.grad_clip]])
     schedule = Schedule(config)
-    weights = list(model.state_dict().values())
-    best_weights = [tensor.detach().clone() for tensor in weights]
     n = len(train)
     batch_sizes = torch.tensor([len(batch) for batch in torch.arange(n).split(config.batch_size)], dtype=torch.float32)
-    for epoch in range(config.max_epochs):
-        model.train()
-        optimizer.param_groups[0]["lr"] = lr = schedule.lr
-        order = torch.randperm(n, generator=generator)
-        batch_losses = []
-        for x, y in zip(train.x[order].split(config.batch_size), train.y[order].split(config.batch_size), strict=True):
-            x_hat, latents = model(x, y, generator)
-            loss = model.loss(x, x_hat, latents).loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip, foreach=True)
-            optimizer.step()
-            batch_losses.append(loss.detach())
-        train_loss = torch.stack(batch_losses).dot(batch_sizes).item() / n
-        val_loss, val_mse, val_kl = torch.stack(loss_terms(model, val)).tolist()
-        metrics = EpochMetrics(epoch, train_loss, val_loss, val_mse, val_kl, lr, model.sigma_x)
-        if schedule.record(metrics):
-            for best, now in zip(best_weights, weights, strict=True):
-                best.copy_(now)
-        if on_epoch is not None:
-            on_epoch(metrics)
-        if schedule.done(epoch):
-            break
-    for now, best in zip(weights, best_weights, strict=True):
-        now.copy_(best)
+    step = 0
+    try:
+        for epoch in range(config.max_epochs):
+            model.train()
+            lr = torch.tensor([[schedule.lr]], dtype=torch.float64)
+            order = torch.randperm(n, generator=generator)
+            batch_losses = []
+            xs, ys = train.x[order].split(config.batch_size), train.y[order].split(config.batch_size)
+            for x, y in zip(xs, ys, strict=True):
+                x_hat, latents = model(x, y, generator)
+                loss = model.loss(x, x_hat, latents).loss
+                grad.zero_()
+                loss.backward()
+                step += 1
+                adam_step(weights, grad, moments, step, lr, grad_clip)
+                batch_losses.append(loss.detach())
+            train_loss = torch.stack(batch_losses).dot(batch_sizes).item() / n
+            val_loss, val_mse, val_kl = torch.stack(loss_terms(model, val)).tolist()
+            metrics = EpochMetrics(epoch, train_loss, val_loss, val_mse, val_kl, schedule.lr, model.sigma_x)
+            if schedule.record(metrics):
+                best_weights.copy_(weights)
+            if on_epoch is not None:
+                on_epoch(metrics)
+            if schedule.done(epoch):
+                break
+        weights.copy_(best_weights)
+    finally:  # also when on_epoch stops the run: the model keeps no views of the buffers
+        own_parameters(model)
     model.eval()
     return schedule.result
 

@@ -24,13 +24,16 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from scipy.spatial import cKDTree
-from sklearn.neighbors import KNeighborsClassifier
 
 from moonvae.sampling.distribution import SCALES, exact_moons, mmd_ratios, moon_log_likelihood, rng
+
+if TYPE_CHECKING:  # judging needs no scikit-learn: only `knn`'s callers (analysis) import it
+    from sklearn.neighbors import KNeighborsClassifier
 
 N_POINTS = 2000  # points per set: the ratios grow with n (n * MMD^2 / (1 - E_PP k)), so every figure uses 2000
 FULL_SETS = 64  # sets of analyse's judgement: an exact sampler's summary to ~4.5%, a default model's to 2-3%
@@ -66,9 +69,16 @@ def nearest_other(x: torch.Tensor) -> np.ndarray:
     return cKDTree(points).query(points, k=2)[0][:, 1]
 
 
-def knn(n_train: int) -> KNeighborsClassifier:
+def knn_k(n_train: int) -> int:
     """k = sqrt(n): consistent as n grows, smooth enough for 2-D densities."""
-    return KNeighborsClassifier(n_neighbors=max(1, round(math.sqrt(n_train))))
+    return max(1, round(math.sqrt(n_train)))
+
+
+def knn(n_train: int) -> KNeighborsClassifier:
+    """scikit-learn's k-NN classifier with `knn_k(n_train)` neighbours."""
+    from sklearn.neighbors import KNeighborsClassifier
+
+    return KNeighborsClassifier(n_neighbors=knn_k(n_train))
 
 
 def c2st_accuracy(real: np.ndarray, generated: np.ndarray, seed: int = 0) -> float:
@@ -84,7 +94,7 @@ def c2st_accuracy(real: np.ndarray, generated: np.ndarray, seed: int = 0) -> flo
         held.append(start + shuffle(size)[: size // 2])
     is_held = np.zeros(len(x), dtype=bool)
     is_held[np.concatenate(held)] = True
-    k = knn(int((~is_held).sum())).n_neighbors
+    k = knn_k(int((~is_held).sum()))
     neighbours = cKDTree(x[~is_held]).query(x[is_held], k=k)[1].reshape(-1, k)
     predicted = origin[~is_held][neighbours].sum(axis=1) > k / 2
     return float(np.mean(predicted == origin[is_held]))

@@ -20,7 +20,6 @@ from moonvae.core.train import EpochCallback, EpochMetrics, TrainResult, fit, lo
 from moonvae.sampling import sources
 from moonvae.sampling.sources import Judgement
 from moonvae.sampling.sources import draw as draw_samples
-from moonvae.serving import pyfunc
 from moonvae.tracking import images, names, runs
 from moonvae.tracking.registry import ModelInfo
 from moonvae.tracking.runs import Client
@@ -216,6 +215,8 @@ class TrackedRun:
 
     def log_model(self, outcome: Outcome) -> ModelInfo:
         """The trained network as the run's pyfunc model, with its mixture and default source."""
+        from moonvae.serving import pyfunc  # MLflow's pyfunc loads with the first model a process logs
+
         network, config, train = self.network, self.config, self.data.train
         mixture, judgement = outcome.mixture, outcome.judgement
         outcome.model_info = pyfunc.log_model(self.run_id, network, config, train, mixture=mixture, judgement=judgement)

@@ -8,7 +8,6 @@ import mlflow
 from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
 
-from moonvae.serving.pyfunc import DESCRIPTION
 from moonvae.tracking.names import CHAMPION
 
 
@@ -30,6 +29,8 @@ def register_model(
     try:
         mlflow_client.get_registered_model(name)
     except mlflow.exceptions.MlflowException:
+        from moonvae.serving.pyfunc import DESCRIPTION  # MLflow's pyfunc loads only where a model is
+
         mlflow_client.create_registered_model(name, description=DESCRIPTION)
     version = mlflow_client.create_model_version(
         name,
