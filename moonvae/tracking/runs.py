@@ -1,4 +1,4 @@
-"""The one module that speaks MLflow: where runs go, and how they are logged cheaply.
+"""Where runs go, and how they are logged cheaply: runs, metrics, params, tags and inputs through one client.
 
 Everything here takes an explicit `MlflowClient` and run id rather than the
 fluent API's per-thread active run, so trials in worker threads log to the
