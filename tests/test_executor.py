@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 from toy_workers import toy_work
 
+from moonvae import metrics
 from moonvae.config import TRIALS_AT_ONCE
 from moonvae.tracking import runs
 from moonvae.tuning import search, signals, studies
@@ -162,5 +163,9 @@ def test_sigterm_ends_a_tune_like_ctrl_c(workdir, workers):
     for trial in failed:
         run = client.get_run(trial.user_attrs["mlflow_run_id"])
         assert (run.info.status, run.data.tags["moonvae.status_reason"]) == ("KILLED", "interrupted")
+        # nothing buffered lost: every per-epoch metric holds the same epochs, in order, none missing
+        histories = [client.get_metric_history(run.info.run_id, key) for key in metrics.names("epoch", False)]
+        steps = {tuple(point.step for point in history) for history in histories}
+        assert len(steps) == 1 and next(iter(steps)) == tuple(range(len(histories[0]))), (trial.number, steps)
     (study_run,) = [run for run in found if run.data.tags["moonvae.kind"] == "study"]
     assert study_run.info.status == "KILLED"

@@ -411,6 +411,47 @@ def test_ctrl_c_kills_the_runs_and_fails_the_trial(client, fail_when, k, failed)
     }
 
 
+STOP_EPOCH = 6  # of TINY's 12
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_ctrl_c_mid_training_loses_no_epoch_a_run_was_given(client, monkeypatch, k):
+    """Nothing buffered is lost: the finished round's runs hold every epoch they trained, the interrupted trial's
+    every epoch up to the one Ctrl-C arrived in, its round-mates each epoch they reached: every metric as far, in
+    order."""
+    real = trials._reporter
+
+    def reporter(site, trial, askable):
+        report = real(site, trial, askable)
+
+        def on_epoch(epoch_metrics):
+            if trial.number == k and epoch_metrics.epoch == STOP_EPOCH:  # the first trial of the second round
+                raise KeyboardInterrupt
+            report(epoch_metrics)
+
+        return on_epoch
+
+    monkeypatch.setattr(trials, "_reporter", reporter)
+    with pytest.raises(KeyboardInterrupt):
+        tune(n_trials=2 * k, trials_at_once=k)
+    study = load_study()
+    assert by_state(study) == ["COMPLETE"] * k + ["FAIL"] * k
+    for trial in study.trials:
+        run = client.get_run(trial.user_attrs["mlflow_run_id"])
+        lengths = set()
+        for key in metrics.names("epoch", calibrated=False):
+            steps = [point.step for point in client.get_metric_history(run.info.run_id, key)]
+            assert steps == list(range(len(steps))), (trial.number, key)
+            lengths.add(len(steps))
+        if trial.state == TrialState.COMPLETE:
+            assert lengths == {int(run.data.metrics["epochs"])}, trial.number
+        elif trial.number == k:
+            assert lengths == {STOP_EPOCH + 1}  # logged, then the reporter raised
+        else:
+            # a round-mate in the same stack reached STOP_EPOCH or the epoch after; in another stack, none yet
+            assert len(lengths) == 1 and lengths <= {0, STOP_EPOCH, STOP_EPOCH + 1}, (trial.number, lengths)
+
+
 def test_timeout_stops_starting_trials(client):
     """No trial starts more than `timeout` seconds after the call's clock began, which is before the first one."""
     timeout = 5.0  # ten times the setup a loaded machine took before the first trial; 50 trials take far longer
