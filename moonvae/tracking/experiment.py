@@ -15,7 +15,7 @@ import torch
 from moonvae.config import RunConfig
 from moonvae.core import data as moons
 from moonvae.core import latent_stats
-from moonvae.core.models import VAE, LossTerms, build_model, latent_bank
+from moonvae.core.models import VAE, LatentBank, LossTerms, build_model, latent_bank
 from moonvae.core.train import EpochCallback, EpochMetrics, TrainResult, fit, loss_terms, negative_elbo
 from moonvae.sampling import sources
 from moonvae.sampling.sources import Judgement
@@ -40,6 +40,7 @@ class Outcome:
     mixture: dict[str, torch.Tensor] | None = None  # the latent mixture, a sampling source the logged model holds
     judgement: Judgement | None = None  # every source's sample quality, and the default source
     calibration: dict[str, float] = field(default_factory=dict)  # Gaussian likelihood: sigma_x and the -ELBOs
+    bank: LatentBank | None = None  # the training split's latents: usage is read off them, the judgement samples them
 
     @classmethod
     def measure(
@@ -59,7 +60,7 @@ class Outcome:
                 "test_nelbo": negative_elbo(network, data.test).nats,
             }
         test = loss_terms(network, data.test)
-        outcome = cls(network, result, test, data, None, train_mse, usage, calibration=calibration)
+        outcome = cls(network, result, test, data, None, train_mse, usage, calibration=calibration, bank=bank)
         if judged:
             outcome.judge(config, full=True)
         return outcome
@@ -67,8 +68,8 @@ class Outcome:
     def judge(self, config: RunConfig, *, full: bool) -> None:
         """The samples' quality: in full (the latent mixture fitted with the training seed, every source to
         sources.VALIDATION_ERROR, the check scores) where a decision reads it, else the cheap screening."""
-        network, train = self.network, self.data.train
-        bank = latent_bank(network, train.x, train.y)
+        network, train, bank = self.network, self.data.train, self.bank
+        assert bank is not None, "measure() sets it"
         if full:
             self.mixture = sources.fit_latent_mixture(network, self.data, config.train.seed)
             self.judgement = sources.judge_sources(network, bank, self.mixture, train.x, config.data.noise)

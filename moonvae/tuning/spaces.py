@@ -206,7 +206,7 @@ def askable(pruner: optuna.pruners.BasePruner, complete: list[FrozenTrial]) -> C
     make_pruner's median pruner says no with fewer than MEDIAN_STARTUP_TRIALS complete trials,
     before PRUNE_AFTER_EPOCHS, and at a step no complete trial reported (it compares with their
     median there); the NopPruner always says no; hyperband never prunes before PRUNE_AFTER_EPOCHS.
-    Each ask reads the study from its storage (4-6 ms on sqlite; bench/tune_speed.py).
+    Each ask reads the study from its storage (4-6 ms of CPU on sqlite).
     """
     if isinstance(pruner, optuna.pruners.NopPruner):
         return lambda step: False
