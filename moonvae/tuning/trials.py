@@ -107,8 +107,12 @@ def _start_run(site: Worksite, trial: optuna.Trial) -> str:
     tags = {names.KIND_TAG: "trial", names.STUDY_TAG: site.target.name, names.TRIAL_TAG: str(trial.number)}
     tags |= {names.MODEL_TAG: site.target.model, names.SPACE_TAG: site.space.name}
     run_id = runs.start_run(site.mlflow_client, f"trial-{trial.number:03d}", parent_run_id=site.run_id, tags=tags)
-    trial.set_user_attr(RUN_ID_ATTR, run_id)
-    trial.set_user_attr(WORKER_ATTR, site.worker)
+    try:
+        trial.set_user_attr(RUN_ID_ATTR, run_id)
+        trial.set_user_attr(WORKER_ATTR, site.worker)
+    except BaseException as error:  # the storage lost: the trial cannot point at its run, so the run ends here
+        runs.end_after(site.mlflow_client, run_id, error)
+        raise
     return run_id
 
 
@@ -294,8 +298,6 @@ def _train_group(site: Worksite, group: list[_Entry]) -> None:
     """One fit_batch call; each member's epochs are logged and reported as its own; a member's error is its own."""
     tracked = [entry.tracked for entry in group]
     assert all(each is not None for each in tracked)
-    askable = _askable(site)
-    reporters = [_reporter(site, entry.trial, askable) for entry in group]
 
     def on_epoch(index: int, metrics: EpochMetrics) -> None:
         tracked[index].log_epoch(metrics)
@@ -303,6 +305,8 @@ def _train_group(site: Worksite, group: list[_Entry]) -> None:
 
     data = tracked[0].data
     try:
+        askable = _askable(site)  # reads the study: a lost storage fails the group, whose runs then end
+        reporters = [_reporter(site, entry.trial, askable) for entry in group]
         members = batched.fit_batch(
             [each.config for each in tracked],
             data.train,
@@ -310,7 +314,7 @@ def _train_group(site: Worksite, group: list[_Entry]) -> None:
             on_epoch,
             networks=[each.network for each in tracked],
         )
-    except Exception as error:  # the stack itself broke: every member fails with it
+    except Exception as error:  # the stack itself broke, or the storage: every member fails with it
         for entry in group:
             entry.error = error
         return
