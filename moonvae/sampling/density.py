@@ -20,10 +20,12 @@ over all 128 take 5x longer to fit (3 s for up to 50 components, against 0.5 s).
 
 Fitting is scikit-learn's GaussianMixture (k-means++ seeds, EM, its tolerances),
 written as batched torch operations over the components: scikit-learn loops over them
-in Python, and its fits took two thirds of a tuning trial's measurements. The result
-is plain tensors (`torch.save` and `torch.load(weights_only=True)` round-trip it) and
-sampling is pure torch with a seeded generator, so a logged model that samples from
-it needs no scikit-learn.
+in Python, and its fits took two thirds of a tuning trial's measurements; its k-means++
+seeds are drawn here the way scikit-learn draws them, so a fit imports no scikit-learn
+(only one too large for fit_em is handed to scikit-learn itself). The result is plain
+tensors (`torch.save` and `torch.load(weights_only=True)` round-trip it) and sampling is
+pure torch with a seeded generator, so a logged model that samples from it needs no
+scikit-learn.
 
 State keys (M mixtures, K the most components of any of them, d latent dims, r the
 widest subspace); a component's latents are mean + factor @ eps + noise * eps', with
