@@ -395,8 +395,8 @@ def test_a_calibrated_model_samples_its_prior_on_the_moon_with_its_noise(calibra
 
 
 def test_the_tracking_and_tuning_modules_load_no_pyfunc_and_no_scikit_learn():
-    """MLflow's pyfunc loads with the first model logged or loaded, scikit-learn where data are generated
-    or a mixture seeded: a run that does neither, and every run's start, go without them."""
+    """MLflow's pyfunc loads with the first model logged or loaded, scikit-learn where data are generated:
+    a run that does neither, and every run's start, go without them."""
     script = (
         "import sys\n"
         "import moonvae.cli, moonvae.serving.loading, moonvae.tracking.experiment, moonvae.tracking.registry\n"
