@@ -89,10 +89,11 @@ def report_kill(label: str, study: optuna.Study, failed: list[optuna.trial.Froze
     again = [trial for trial in study.trials if trial.system_attrs.get("failed_trial") is not None]
     assert sorted(trial.system_attrs["failed_trial"] for trial in again) == sorted(t.number for t in failed)
     assert all(trial.state in studies.DONE_STATES for trial in again)  # each run again, to the end
+    in_hand = (max(t.datetime_complete for t in again) - min(t.datetime_start for t in again)).total_seconds()
     print(
         f"\nFAULT {label}: {len(failed)} trials of the dead worker failed {seconds_after(killed, failed):.1f} s "
-        f"after the kill and run again; study finished {seconds_after(killed, study.trials):.1f} s after it; "
-        "0 finished trials lost"
+        f"after the kill and run again (in {in_hand:.1f} s); study finished {seconds_after(killed, study.trials):.1f} "
+        f"s after it (goal: grace {SHORT['MOONVAE_GRACE_SECONDS']} s + {in_hand:.1f} s); 0 finished trials lost"
     )
 
 

@@ -127,3 +127,30 @@ def test_a_trial_asked_when_the_trials_before_it_fill_the_study_gives_its_place_
     first, second = study.trials
     assert (first.state, second.state) == (TrialState.RUNNING, TrialState.FAIL)
     assert second.user_attrs["reason"] == asking.SURPLUS_REASON
+
+
+def test_a_worker_in_the_middle_of_a_round_fails_a_dead_workers_trial_within_a_beat(workdir, short_heartbeats):
+    """Its heartbeat thread looks for stale trials at every beat: a dead worker's trial is not left until the round
+    that is training ends, but failed (and queued again) while it trains."""
+    fixed = {"n_samples": 200, "max_epochs": 1000, "patience": 1000}  # a round of several seconds
+    plan = search.plan(model="vae", n_trials=3, fixed=fixed, trials_at_once=2)
+    study = plan.studies[STUDY]
+    orphan = study.ask(fixed_distributions=SPACES["basic"].distributions)  # another worker's, alive until the
+    stop = threading.Event()  # round has started, then dead
+
+    def beat_until_the_round_started() -> None:
+        while len(study.get_trials(deepcopy=False)) < 3 and not stop.wait(0.2):
+            plan.storage.record_heartbeat(orphan._trial_id)
+
+    beating = threading.Thread(target=beat_until_the_round_started)
+    beating.start()
+    try:
+        search.run(plan, runs.client())
+    finally:
+        stop.set()
+        beating.join()
+    dead, *rest = study.get_trials(deepcopy=False)
+    first_round = [trial for trial in rest if "failed_trial" not in trial.system_attrs]
+    assert dead.state == TrialState.FAIL and len(first_round) == 2
+    assert dead.datetime_complete < min(trial.datetime_complete for trial in first_round)
+    assert [trial.params for trial in rest].count(dead.params) == 1  # run again, once

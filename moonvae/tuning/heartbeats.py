@@ -13,7 +13,9 @@ every worker waiting for the study's last trials waited with it. Two rules close
    by earlier versions. Its start time cannot decide instead: that is the asking
    machine's clock, and heartbeats are the database's.
 A trial that goes stale is failed by Optuna and queued again with the same parameters
-(trials.on_stale_trial). A storage that is briefly away (a PostgreSQL restart) is
+(trials.on_stale_trial), by the first living worker to look: each looks as it asks, and
+its heartbeat thread at every beat, so a worker in the middle of a round does not leave
+a dead one's trials waiting until its round ends. A storage that is briefly away (a PostgreSQL restart) is
 waited for rather than failed: SQLAlchemy's pool_pre_ping replaces the connections the
 restart closed, and a new connection is retried for up to the grace period.
 """
@@ -129,13 +131,15 @@ class Storage(RDBStorage):
 class Heartbeats:
     """The heartbeats of every trial this worker holds: one thread, one write per trial every HEARTBEAT_SECONDS.
 
-    A heartbeat that cannot be written (the storage is away) is tried again at the next
-    beat; one line says so. Optuna's own heartbeat thread would die at the first error,
-    and its trial would be failed while it trains.
+    After each beat the thread calls `watch` (failing the study's stale trials). A heartbeat
+    that cannot be written (the storage is away) is tried again at the next beat; one line
+    says so. Optuna's own heartbeat thread would die at the first error, and its trial
+    would be failed while it trains.
     """
 
-    def __init__(self, storage: RDBStorage) -> None:
+    def __init__(self, storage: RDBStorage, watch: Callable[[], object] | None = None) -> None:
         self._storage = storage
+        self._watch = watch
         self._held: set[int] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -168,12 +172,14 @@ class Heartbeats:
         while not self._stop.wait(HEARTBEAT_SECONDS):
             with self._lock:
                 held = sorted(self._held)
-            self._beat(held)
+            self._beat(held, self._watch)
 
-    def _beat(self, trial_ids: list[int]) -> None:
+    def _beat(self, trial_ids: list[int], watch: Callable[[], object] | None = None) -> None:
         try:
             for trial_id in trial_ids:
                 self._storage.record_heartbeat(trial_id)
+            if watch is not None:
+                watch()
         except Exception as error:  # the storage is away: beat again next time, say so once
             if not self._failing:
                 reason = first_line(error)
