@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 
+import optuna
 import pytest
 from conftest import subprocess_env
 from optuna.trial import TrialState
@@ -154,3 +155,18 @@ def test_a_worker_in_the_middle_of_a_round_fails_a_dead_workers_trial_within_a_b
     assert dead.state == TrialState.FAIL and len(first_round) == 2
     assert dead.datetime_complete < min(trial.datetime_complete for trial in first_round)
     assert [trial.params for trial in rest].count(dead.params) == 1  # run again, once
+
+
+def test_a_retry_queued_after_its_place_was_taken_gives_it_back_and_a_trial_queued_by_hand_stays(workdir):
+    """A worker failed a stale trial, another asked a new one in the freed place, then the retry was queued."""
+    plan = search.plan(model="vae", n_trials=1, fixed=TINY)
+    study = plan.studies[STUDY]
+    search.run(plan, runs.client())  # the study is full
+    retry = optuna.trial.create_trial(state=TrialState.WAITING, system_attrs={"failed_trial": 0})
+    study.add_trial(retry)  # as RetryHeartbeatStaleTrialCallback queues one
+    search.run(plan, runs.client())
+    assert [trial.state for trial in study.trials] == [TrialState.COMPLETE, TrialState.FAIL]
+    assert study.trials[1].user_attrs["reason"] == asking.SURPLUS_REASON
+    study.enqueue_trial({"latent_dim": 2})  # by hand, for a later call with more trials
+    search.run(plan, runs.client())
+    assert [trial.state for trial in study.trials][2:] == [TrialState.WAITING]

@@ -110,6 +110,9 @@ def next_trial(site: Worksite, wait: bool = True) -> optuna.Trial | None:
             optuna.storages.fail_stale_trials(site.study)
             counts = studies.count(site.study.get_trials(deepcopy=False))
             if counts["done"] >= site.n_trials:
+                if _queued_retry_first(site):
+                    _ask(site)  # takes it from the queue and gives its place back: the study is full
+                    continue
                 return None
             if counts["done"] + counts["running"] < site.n_trials:
                 if site.space.grid is None or counts["waiting"] or _grid_point_available(site):
@@ -142,6 +145,18 @@ def _ask(site: Worksite) -> optuna.Trial | None:
     site.study.tell(trial, state=TrialState.FAIL)
     site.heartbeats.release(trial._trial_id)
     return None
+
+
+def _queued_retry_first(site: Worksite) -> bool:
+    """Whether the next trial `ask` takes from the queue is a stale trial's retry (Optuna's `failed_trial`).
+
+    A worker fails a stale trial and then queues its retry; a trial asked by another in
+    between takes the freed place, and the retry is left queued in a full study. Asked
+    once the study is full, it ends FAIL at once as one too many. Trials queued by
+    hand are left queued for a later call with more trials.
+    """
+    queued = site.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    return bool(queued) and "failed_trial" in queued[0].system_attrs
 
 
 @dataclass

@@ -337,7 +337,12 @@ def work(order: Order, worker: int, signalled: threading.Event) -> None:
     study.pruner = spaces.make_pruner(order.pruner, order.max_epochs)
     deadline = None if order.deadline is None else time.monotonic() + order.deadline - time.time()
     who = {"call": order.call, "host": socket.gethostname(), "pid": os.getpid()}
-    heartbeats = Heartbeats(storage, watch=lambda: optuna.storages.fail_stale_trials(study))
+
+    def fail_stale_trials() -> None:  # at every heartbeat, under the gate the worker's threads ask under
+        with site.gate:
+            optuna.storages.fail_stale_trials(study)
+
+    heartbeats = Heartbeats(storage, watch=fail_stale_trials)
     site = asking.Worksite(
         space=space,
         n_trials=order.n_trials,
