@@ -69,7 +69,8 @@ def test_a_storage_lost_anywhere_in_a_round_leaves_no_run_running(workdir):
     assert error is None and statuses == ["FINISHED"] * K
     total = clean.calls
     assert total > POINTS
-    for after in sorted({1 + round(i * (total - 1) / (POINTS - 1)) for i in range(POINTS)}):
+    last = total - 2  # a round's count varies by a call or two from run to run: its last reads may not be made
+    for after in sorted({1 + round(i * (last - 1) / (POINTS - 1)) for i in range(POINTS)}):
         failing, statuses, error = run_round(f"fails-at-{after}", after)
         assert isinstance(error, sqlalchemy.exc.OperationalError), (after, error)
         assert "RUNNING" not in statuses, (after, total, statuses)
