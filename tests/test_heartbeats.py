@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 
 import optuna
 import pytest
@@ -170,3 +171,14 @@ def test_a_retry_queued_after_its_place_was_taken_gives_it_back_and_a_trial_queu
     study.enqueue_trial({"latent_dim": 2})  # by hand, for a later call with more trials
     search.run(plan, runs.client())
     assert [trial.state for trial in study.trials][2:] == [TrialState.WAITING]
+
+
+def test_a_worker_looks_for_stale_trials_more_often_than_it_beats(workdir, monkeypatch):
+    """With the default 30 s heartbeat a dead worker's trial would wait up to 30 s past its grace to be noticed."""
+    monkeypatch.setattr(heartbeats, "HEARTBEAT_SECONDS", 30)
+    monkeypatch.setattr(heartbeats, "WATCH_SECONDS", 1)
+    plan = search.plan(model="vae", n_trials=1, fixed=TINY)
+    looks: list[float] = []
+    with heartbeats.Heartbeats(plan.storage, watch=lambda: looks.append(time.monotonic())):
+        threading.Event().wait(2.5)
+    assert len(looks) >= 2  # the first heartbeat is 30 s away

@@ -14,8 +14,8 @@ every worker waiting for the study's last trials waited with it. Two rules close
    machine's clock, and heartbeats are the database's.
 A trial that goes stale is failed by Optuna and queued again with the same parameters
 (trials.on_stale_trial), by the first living worker to look: each looks as it asks, and
-its heartbeat thread at every beat, so a worker in the middle of a round does not leave
-a dead one's trials waiting until its round ends. A storage that is briefly away (a PostgreSQL restart) is
+its heartbeat thread every WATCH_SECONDS, so a worker in the middle of a round does not
+leave a dead one's trials waiting until its round ends. A storage that is briefly away (a PostgreSQL restart) is
 waited for rather than failed: SQLAlchemy's pool_pre_ping replaces the connections the
 restart closed, and a new connection is retried for up to the grace period.
 """
@@ -41,6 +41,7 @@ from moonvae.tuning.executor import first_line
 # Read from the environment too, since workers run in other processes (tests shorten them to seconds).
 HEARTBEAT_SECONDS = int(os.environ.get("MOONVAE_HEARTBEAT_SECONDS", "30"))
 GRACE_SECONDS = int(os.environ.get("MOONVAE_GRACE_SECONDS", "120"))  # no heartbeat for this long: a dead worker
+WATCH_SECONDS = 5  # at most between a worker's looks for stale trials: two small queries, so a trial goes stale on time
 CONNECT_EVERY_SECONDS = 1.0  # between attempts to reach a storage server that went away
 
 
@@ -131,7 +132,8 @@ class Storage(RDBStorage):
 class Heartbeats:
     """The heartbeats of every trial this worker holds: one thread, one write per trial every HEARTBEAT_SECONDS.
 
-    After each beat the thread calls `watch` (failing the study's stale trials). A heartbeat
+    Every WATCH_SECONDS (or heartbeat, if sooner) the thread calls `watch` (failing the study's
+    stale trials), so a dead worker's trial is failed at most that long after its grace. A heartbeat
     that cannot be written (the storage is away) is tried again at the next beat; one line
     says so. Optuna's own heartbeat thread would die at the first error, and its trial
     would be failed while it trains.
@@ -169,9 +171,13 @@ class Heartbeats:
             return trial_id in self._held
 
     def _loop(self) -> None:
-        while not self._stop.wait(HEARTBEAT_SECONDS):
-            with self._lock:
-                held = sorted(self._held)
+        due = time.monotonic() + HEARTBEAT_SECONDS
+        while not self._stop.wait(min(HEARTBEAT_SECONDS, WATCH_SECONDS)):
+            held: list[int] = []
+            if time.monotonic() >= due:
+                due = max(due + HEARTBEAT_SECONDS, time.monotonic())  # late (a slow storage): no burst of beats
+                with self._lock:
+                    held = sorted(self._held)
             self._beat(held, self._watch)
 
     def _beat(self, trial_ids: list[int], watch: Callable[[], object] | None = None) -> None:
