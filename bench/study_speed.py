@@ -36,13 +36,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import optuna
 import torch
+from generation_cost import TIMED, timed
 from train_speed import plain_loop_ms
 
 from moonvae.config import RunConfig
@@ -97,18 +96,6 @@ PARTS = {  # where the tuner's time goes: each part's CPU seconds, inclusive (fi
     "end (run, tell)": (tuning_trials, "_end"),
     "study summary (plots, registry)": (results, "summarise"),
 }
-SPENT: dict[str, float] = defaultdict(float)
-
-
-def timing(part: str, function: Callable[..., Any]) -> Callable[..., Any]:
-    def timed(*args: Any, **kwargs: Any) -> Any:
-        start = time.process_time()
-        try:
-            return function(*args, **kwargs)
-        finally:
-            SPENT[part] += time.process_time() - start
-
-    return timed
 
 
 def tuner_cost(folder: Path, trials: int, epochs: int) -> tuple[float, float, float]:
@@ -116,10 +103,10 @@ def tuner_cost(folder: Path, trials: int, epochs: int) -> tuple[float, float, fl
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlflow.db'}"
     fixed = {"max_epochs": epochs, "patience": epochs}
     plan = search.plan("vae", "basic", trials, study_base=folder.name, fixed=fixed, trials_at_once=1)
-    timed = tuning_trials.fit = TimedFit()
+    timed_fit = tuning_trials.fit = TimedFit()
     originals = {part: getattr(owner, name) for part, (owner, name) in PARTS.items()}
     for part, (owner, name) in PARTS.items():
-        setattr(owner, name, timing(part, originals[part]))
+        setattr(owner, name, timed(part, originals[part]))
     try:
         start = time.process_time()
         search.run(plan, runs.client())
@@ -128,7 +115,7 @@ def tuner_cost(folder: Path, trials: int, epochs: int) -> tuple[float, float, fl
         tuning_trials.fit = fit
         for part, (owner, name) in PARTS.items():
             setattr(owner, name, originals[part])
-    return study_seconds, timed.fit_seconds - timed.callback_seconds, timed.callback_seconds
+    return study_seconds, timed_fit.fit_seconds - timed_fit.callback_seconds, timed_fit.callback_seconds
 
 
 def study_with(k: int, trials: int) -> tuple[float, float, str]:
@@ -180,7 +167,7 @@ def per_trial(args: argparse.Namespace) -> None:
         folder.mkdir()
         os.chdir(folder)
         tuner_cost(folder, 2, 5)
-    SPENT.clear()
+    TIMED.clear()
     for repeat in range(args.repeats):
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp) / f"trial-cost-{repeat}"
@@ -199,7 +186,7 @@ def per_trial(args: argparse.Namespace) -> None:
     studies = args.repeats * args.trials
     print(
         "  by part, CPU s a trial (inclusive, means over the repeats): "
-        + ", ".join(f"{part} {seconds / studies:.3f}" for part, seconds in SPENT.items())
+        + ", ".join(f"{part} {sum(seconds) / studies:.3f}" for part, seconds in TIMED.items())
     )
 
 
