@@ -26,7 +26,8 @@ from datetime import datetime
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
 from moonvae.tracking.runs import Client
@@ -108,9 +109,10 @@ def next_trial(site: Worksite, wait: bool = True) -> optuna.Trial | None:
             if site.deadline is not None and time.monotonic() >= site.deadline:
                 return None
             optuna.storages.fail_stale_trials(site.study)
-            counts = studies.count(site.study.get_trials(deepcopy=False))
+            trials = site.study.get_trials(deepcopy=False)
+            counts = studies.count(trials)
             if counts["done"] >= site.n_trials:
-                if _queued_retry_first(site):
+                if _queued_retry_first(trials):
                     _ask(site)  # takes it from the queue and gives its place back: the study is full
                     continue
                 return None
@@ -147,16 +149,16 @@ def _ask(site: Worksite) -> optuna.Trial | None:
     return None
 
 
-def _queued_retry_first(site: Worksite) -> bool:
-    """Whether the next trial `ask` takes from the queue is a stale trial's retry (Optuna's `failed_trial`).
+def _queued_retry_first(trials: list[FrozenTrial]) -> bool:
+    """Whether the next trial `ask` takes from the queue (the first WAITING) is a stale trial's retry.
 
     A worker fails a stale trial and then queues its retry; a trial asked by another in
     between takes the freed place, and the retry is left queued in a full study. Asked
     once the study is full, it ends FAIL at once as one too many. Trials queued by
     hand are left queued for a later call with more trials.
     """
-    queued = site.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-    return bool(queued) and "failed_trial" in queued[0].system_attrs
+    queued = next((trial for trial in trials if trial.state == TrialState.WAITING), None)
+    return queued is not None and RetryHeartbeatStaleTrialCallback.retried_trial_number(queued) is not None
 
 
 @dataclass
