@@ -35,7 +35,8 @@ def test_epoch_run_and_source_metrics_are_the_defined_ones(trained):
         return metrics.names(scope, calibrated)
 
     assert tuple(result.history[0].as_dict()) == defined("epoch")
-    outcome = Outcome.measure(network, result, moons, config)
+    outcome = Outcome.measure(network, result, moons)
+    outcome.judge(config, full=True)
     assert tuple(outcome.final_metrics()) == defined("run")
     scores = [name for name in metrics.names("source") if not name.endswith("sets")]  # each with its standard error
     names = [name for score in scores for name in (score, f"{score}_se")] + ["sets", "check_sets"]

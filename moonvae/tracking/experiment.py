@@ -43,12 +43,9 @@ class Outcome:
     bank: LatentBank | None = None  # the training split's latents: usage is read off them, the judgement samples them
 
     @classmethod
-    def measure(
-        cls, network: VAE, result: TrainResult, data: moons.MoonsData, config: RunConfig, *, judged: bool = True
-    ) -> Outcome:
-        """The trained network's test and train error, how much of its latent it uses, and (if `judged`) its samples'
-        quality by the full validation judgement: what a `train` run measures. A trial judges after, by `judge`.
-        """
+    def measure(cls, network: VAE, result: TrainResult, data: moons.MoonsData) -> Outcome:
+        """The trained network's test and train error and how much of its latent it uses; `judge` then judges its
+        samples, in full or screened."""
         bank = latent_bank(network, data.train.x, data.train.y)
         usage = latent_stats.latent_usage(bank.mean, bank.logvar, eps_w=network.config.eps_w)
         train_mse = loss_terms(network, data.train).mse.item()
@@ -60,10 +57,7 @@ class Outcome:
                 "test_nelbo": negative_elbo(network, data.test).nats,
             }
         test = loss_terms(network, data.test)
-        outcome = cls(network, result, test, data, None, train_mse, usage, calibration=calibration, bank=bank)
-        if judged:
-            outcome.judge(config, full=True)
-        return outcome
+        return cls(network, result, test, data, None, train_mse, usage, calibration=calibration, bank=bank)
 
     def judge(self, config: RunConfig, *, full: bool) -> None:
         """The samples' quality: in full (the latent mixture fitted with the training seed, every source to
@@ -199,7 +193,7 @@ class TrackedRun:
 
     def measure(self, result: TrainResult) -> Outcome:
         """The trained network measured, its samples not judged yet: `finish` judges them."""
-        return Outcome.measure(self.network, result, self.data, self.config, judged=False)
+        return Outcome.measure(self.network, result, self.data)
 
     def finish(self, outcome: Outcome, *, full: bool = True, log_model: bool = True) -> Outcome:
         """Judge the samples (in full, or screened: `Outcome.judge`) and log the final metrics, tag, plots and (if
