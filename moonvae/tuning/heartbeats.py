@@ -15,9 +15,10 @@ every worker waiting for the study's last trials waited with it. Two rules close
 A trial that goes stale is failed by Optuna and queued again with the same parameters
 (trials.on_stale_trial), by the first living worker to look: each looks as it asks, and
 its heartbeat thread every WATCH_SECONDS, so a worker in the middle of a round does not
-leave a dead one's trials waiting until its round ends. A storage that is briefly away (a PostgreSQL restart) is
-waited for rather than failed: SQLAlchemy's pool_pre_ping replaces the connections the
-restart closed, and a new connection is retried for up to the grace period.
+leave a dead one's trials waiting until its round ends. A storage that is briefly away
+(a PostgreSQL restart) is waited for rather than failed: SQLAlchemy's pool_pre_ping
+replaces the connections the restart closed, and a new connection is retried for up to
+the grace period.
 """
 
 from __future__ import annotations

@@ -338,7 +338,7 @@ def work(order: Order, worker: int, signalled: threading.Event) -> None:
     deadline = None if order.deadline is None else time.monotonic() + order.deadline - time.time()
     who = {"call": order.call, "host": socket.gethostname(), "pid": os.getpid()}
 
-    def fail_stale_trials() -> None:  # at every heartbeat, under the gate the worker's threads ask under
+    def fail_stale_trials() -> None:  # from the heartbeat thread, under the gate the worker's threads ask under
         with site.gate:
             optuna.storages.fail_stale_trials(study)
 
